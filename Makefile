@@ -1,0 +1,38 @@
+# Two commands for a fresh clone: `make demo` (train on the phantom, then serve the demo) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+QUICKSTART_DIR ?= quickstart_output
+PORT ?= 7860
+export HF_HUB_OFFLINE ?= 1
+export GRADIO_ANALYTICS_ENABLED := False
+
+.PHONY: install test demo quickstart benchmarks clean
+
+# Re-install only when the project's dependencies change.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest
+
+quickstart: install
+	test -f $(QUICKSTART_DIR)/run/best/config.json || $(PY) -m training.quickstart --output-dir $(QUICKSTART_DIR)
+
+demo: quickstart
+	$(PY) space/app.py --model $(QUICKSTART_DIR)/run/best --port $(PORT)
+
+benchmarks: install
+	$(PY) benchmarks/attention_overhead.py
+	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/explain_cost.py
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/demo_latency.py
+
+clean:
+	rm -rf $(QUICKSTART_DIR) .pytest_cache test-artifacts

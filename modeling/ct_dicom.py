@@ -1,0 +1,100 @@
+"""Reading one CT slice from DICOM into Hounsfield units, refusing what is not one.
+
+Every refusal is a `ValueError` whose message is one line a user can act on; batch jobs print it
+next to the file's path and go on.
+"""
+
+import os
+from typing import Optional
+
+import numpy as np
+
+try:  # optional so that remote-code loading works without pydicom; reading DICOM needs it
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut
+except ImportError:  # pragma: no cover - exercised only where pydicom is missing
+    pydicom = None
+
+# Decoder packages for compressed transfer syntaxes, by UID prefix, for the error message.
+_DECODER_PACKAGES = {
+    "1.2.840.10008.1.2.4.5": "pylibjpeg pylibjpeg-libjpeg",  # JPEG baseline / extended
+    "1.2.840.10008.1.2.4.7": "pylibjpeg pylibjpeg-libjpeg",  # JPEG lossless
+    "1.2.840.10008.1.2.4.8": "pylibjpeg pylibjpeg-libjpeg",  # JPEG-LS
+    "1.2.840.10008.1.2.4.9": "pylibjpeg pylibjpeg-openjpeg",  # JPEG 2000
+    "1.2.840.10008.1.2.4.20": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K
+}
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+
+
+def _require_pydicom():
+    if pydicom is None:
+        raise ImportError("Reading DICOM needs pydicom: pip install 'pydicom>=3'.")
+
+
+def read_dicom(source) -> "pydicom.Dataset":
+    """A path (any extension or none) or an open `pydicom.Dataset` -> `pydicom.Dataset`."""
+    _require_pydicom()
+    if isinstance(source, pydicom.Dataset):
+        return source
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise ValueError(f"no such file: {path}")
+    if os.path.getsize(path) == 0:
+        raise ValueError("empty file (0 bytes)")
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError:
+        raise ValueError("not a DICOM file (no DICM header)") from None
+    except Exception as error:  # noqa: BLE001 - pydicom raises many types on damaged files
+        raise ValueError(f"unreadable DICOM file, truncated or corrupt ({type(error).__name__})") from None
+
+
+def check_ct_slice(ds: "pydicom.Dataset", frame: Optional[int] = None) -> None:
+    """Raise a one-line `ValueError` unless `ds` is a single greyscale CT image with pixels."""
+    modality = ds.get("Modality")
+    if not modality:
+        raise ValueError("no Modality tag; expected a CT image")
+    if modality != "CT":
+        raise ValueError(f"modality is {modality}, not CT")
+    if "PixelData" not in ds:
+        raise ValueError("the DICOM file has no pixel data")
+    samples = int(ds.get("SamplesPerPixel", 1))
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if samples != 1 or photometric not in _MONOCHROME:
+        raise ValueError(f"colour image ({photometric}, {samples} samples per pixel); expected greyscale CT")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1 and frame is None:
+        raise ValueError(f"multi-frame image ({frames} frames); choose one with frame=N")
+    if frame is not None and not 0 <= frame < frames:
+        raise ValueError(f"frame {frame} out of range; the image has {frames} frame(s)")
+
+
+def _decode_pixels(ds: "pydicom.Dataset", frame: Optional[int]) -> np.ndarray:
+    transfer_syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    try:
+        return ds.pixel_array if frame is None else ds.pixel_array[frame]
+    except (RuntimeError, NotImplementedError) as error:
+        if transfer_syntax is not None and transfer_syntax.is_compressed:
+            package = next(
+                (pkg for prefix, pkg in _DECODER_PACKAGES.items() if transfer_syntax.startswith(prefix)), None
+            )
+            hint = f": pip install {package}" if package else ""
+            raise ValueError(
+                f"no decoder installed for transfer syntax {transfer_syntax.name} ({transfer_syntax}){hint}"
+            ) from None
+        raise ValueError(f"cannot decode pixel data ({error})".splitlines()[0]) from None
+    except Exception as error:  # noqa: BLE001 - short or damaged pixel data
+        raise ValueError(f"pixel data is truncated or corrupt ({type(error).__name__})") from None
+
+
+def read_ct_hu(source, frame: Optional[int] = None) -> np.ndarray:
+    """A CT DICOM (path or dataset) -> Hounsfield units, `float32` of shape `(rows, columns)`.
+
+    HU = stored value x RescaleSlope + RescaleIntercept (the modality LUT); signed and unsigned
+    storage are handled by pydicom. MONOCHROME1 only inverts the display, not the HU, so it is ignored.
+    """
+    ds = read_dicom(source)
+    check_ct_slice(ds, frame)
+    pixels = _decode_pixels(ds, frame)
+    return apply_modality_lut(pixels, ds).astype(np.float32)
