@@ -1,0 +1,1 @@
+"""Training side of the project: the CT phantom, data preparation and loading, training, evaluation."""

@@ -1,0 +1,316 @@
+"""A synthetic contrast-enhanced (venous phase) abdominal CT phantom, written as real CT DICOM files.
+
+SYNTHETIC DATA: it demonstrates and tests the pipeline; it is not evidence about patients.
+
+Every slice shows a body outline (skin, subcutaneous fat, abdominal wall muscle), a vertebra with its
+canal and paraspinal muscles, liver, spleen, kidneys, pancreas, aorta, IVC and SMV with contrast, bowel
+loops (air or oral contrast), a few small benign mesenteric nodes, and one lymph node of interest in
+peripancreatic fat:
+
+- non-metastatic: small (short axis 4-9 mm), oval, with a fatty hilum;
+- metastatic: enlarged (short axis 15-28 mm), round, irregular margin, no hilum, usually (75 %) a
+  necrotic low-density centre.
+
+The node is the only class signal. Body size, fat, organ sizes and contrast vary at random so that the
+mean intensity of a slice, or of the body, does not give the class away (AUC near 0.5), while a small
+CNN learns the node. A patient has several slices (consecutive 5 mm sections with the same anatomy and
+node, slightly changed). The mask of each slice marks its node of interest (the lesion on metastatic
+slices) at native resolution.
+
+    python -m training.phantom OUT --n-per-class N --seed S [--image-size 256] [--slices-per-patient 3]
+
+writes `OUT/metastatic/*.dcm`, `OUT/non_metastatic/*.dcm`, `OUT/masks/*.png` and `OUT/manifest.csv`
+(path,label,patient_id,mask_path; paths relative to OUT). The same seed gives the same files.
+"""
+
+import argparse
+import csv
+import os
+from dataclasses import dataclass
+from typing import Dict, List
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+from tqdm.auto import tqdm
+
+from training.dicom_writer import deterministic_uid, write_ct_dicom
+
+LABELS = ("non_metastatic", "metastatic")  # index = label, as in the prepared dataset
+FIELD_OF_VIEW_MM = 360.0
+SLICE_THICKNESS_MM = 5.0
+
+# Hounsfield units of the tissues (venous phase). Each slice draws its own value around these.
+HU = {
+    "air": -1000.0,
+    "fat": -100.0,
+    "muscle": 50.0,
+    "liver": 105.0,
+    "spleen": 115.0,
+    "kidney": 170.0,
+    "pancreas": 90.0,
+    "vessel": 175.0,
+    "bowel_wall": 45.0,
+    "oral_contrast": 260.0,
+    "bone_cortex": 700.0,
+    "bone_marrow": 230.0,
+    "csf": 10.0,
+    "node": 50.0,
+    "necrosis": 15.0,
+}
+
+
+@dataclass
+class Node:
+    """The lymph node of interest, in mm from the image centre (x right, y down = posterior)."""
+
+    x: float
+    y: float
+    short_axis: float
+    long_axis: float
+    angle: float
+    metastatic: bool
+    necrosis_fraction: float  # radius of the necrotic core / node radius; 0 = none
+    margin_phases: np.ndarray  # irregular margin: phases of 3 low-frequency harmonics
+    margin_amplitude: float
+
+
+class Canvas:
+    """An HU image with painters for the shapes the phantom is made of, in mm coordinates."""
+
+    def __init__(self, size: int, fov_mm: float = FIELD_OF_VIEW_MM):
+        self.spacing = fov_mm / size
+        centres = (np.arange(size) - (size - 1) / 2.0) * self.spacing
+        self.y, self.x = np.meshgrid(centres, centres, indexing="ij")
+        self.hu = np.full((size, size), HU["air"], dtype=np.float32)
+
+    def ellipse(self, cx, cy, rx, ry, angle=0.0) -> np.ndarray:
+        """Boolean mask of a rotated ellipse (semi-axes `rx`, `ry` mm, `angle` radians)."""
+        cos, sin = np.cos(angle), np.sin(angle)
+        dx, dy = self.x - cx, self.y - cy
+        u = (dx * cos + dy * sin) / rx
+        v = (-dx * sin + dy * cos) / ry
+        return u * u + v * v <= 1.0
+
+    def paint(self, mask: np.ndarray, value: float) -> None:
+        self.hu[mask] = value
+
+
+def _patient_anatomy(rng: np.random.Generator) -> Dict[str, float]:
+    """Per-patient shape parameters (mm, HU offsets); slices jitter around them."""
+    return {
+        "body_rx": rng.uniform(125, 165),
+        "body_ry": rng.uniform(90, 125),
+        "subcutaneous_fat": rng.uniform(8, 35),
+        "liver_scale": rng.uniform(0.7, 1.3),
+        "spleen_scale": rng.uniform(0.6, 1.3),
+        "enhancement": rng.uniform(-25, 25),  # contrast timing: shifts vessels and organs together
+        "fat_hu": rng.uniform(-115, -80),
+        "noise_sd": rng.uniform(8, 18),
+        "n_bowel": int(rng.integers(3, 9)),
+        "n_benign_nodes": int(rng.integers(0, 3)),
+    }
+
+
+def _node(rng: np.random.Generator, metastatic: bool, anatomy: Dict[str, float]) -> Node:
+    """The node of interest: in the fat just anterior to the pancreas, clear of the vessels."""
+    if metastatic:
+        short = rng.uniform(15, 28)
+        long = short * rng.uniform(1.0, 1.12)
+        necrosis = rng.uniform(0.35, 0.6) if rng.random() < 0.75 else 0.0
+        amplitude = rng.uniform(0.06, 0.14)
+    else:
+        short = rng.uniform(4, 9)
+        long = short * rng.uniform(1.4, 2.0)
+        necrosis, amplitude = 0.0, 0.0
+    x = rng.uniform(-30, 40)
+    y = _pancreas_y(anatomy) - 11 - short / 2 - rng.uniform(0, 6)
+    return Node(x, y, short, long, rng.uniform(0, np.pi), metastatic, necrosis, rng.uniform(0, 2 * np.pi, 3), amplitude)
+
+
+def _pancreas_y(anatomy: Dict[str, float]) -> float:
+    return anatomy["body_ry"] * 0.05 - 22
+
+
+def _paint_fat_pad(canvas: Canvas, node: Node, rng: np.random.Generator, fat_hu: float) -> None:
+    """Peripancreatic fat around the node (it clears bowel and liver where the node sits)."""
+    margin = rng.uniform(5, 10)
+    pad = canvas.ellipse(node.x, node.y, node.long_axis / 2 + margin, node.short_axis / 2 + margin, node.angle)
+    canvas.paint(pad, fat_hu + rng.normal(0, 5))
+
+
+def _paint_node(canvas: Canvas, node: Node, rng: np.random.Generator, node_hu: float) -> np.ndarray:
+    """Paint `node` and return its mask (node outline, hilum and necrotic core included)."""
+    cos, sin = np.cos(node.angle), np.sin(node.angle)
+    dx, dy = canvas.x - node.x, canvas.y - node.y
+    u = (dx * cos + dy * sin) / (node.long_axis / 2)
+    v = (-dx * sin + dy * cos) / (node.short_axis / 2)
+    radius = np.sqrt(u * u + v * v)
+    if node.margin_amplitude:  # lobulated, irregular margin from 3 low-frequency harmonics
+        theta = np.arctan2(v, u)
+        wobble = sum(np.sin(k * theta + phase) for k, phase in zip((3, 5, 7), node.margin_phases)) / 3
+        radius = radius / (1 + node.margin_amplitude * wobble)
+    mask = radius <= 1.0
+    canvas.paint(mask, node_hu)
+    if node.necrosis_fraction:
+        canvas.paint(radius <= node.necrosis_fraction, HU["necrosis"] + rng.normal(0, 5))
+    if not node.metastatic:  # fatty hilum: a fat wedge entering from one end of the long axis
+        hilum = canvas.ellipse(
+            node.x + cos * node.long_axis * 0.3, node.y + sin * node.long_axis * 0.3,
+            node.long_axis * 0.28, node.short_axis * 0.2, node.angle,
+        )
+        canvas.paint(hilum & mask, HU["fat"] + 20)
+    return mask
+
+
+def render_slice(rng: np.random.Generator, anatomy: Dict[str, float], node: Node, size: int):
+    """One phantom slice: (HU `float32` `(size, size)`, node mask `bool` `(size, size)`)."""
+    canvas = Canvas(size)
+    jitter = lambda scale=1.0: rng.normal(1.0, 0.03 * scale)  # noqa: E731 - slice-to-slice change
+    enh = anatomy["enhancement"]
+    fat = anatomy["fat_hu"]
+    rx, ry = anatomy["body_rx"] * jitter(), anatomy["body_ry"] * jitter()
+
+    canvas.paint(canvas.ellipse(0, 0, rx, ry), HU["muscle"] - 20)  # skin
+    canvas.paint(canvas.ellipse(0, 0, rx - 2, ry - 2), fat)  # subcutaneous fat
+    wall_rx, wall_ry = rx - 2 - anatomy["subcutaneous_fat"], ry - 2 - anatomy["subcutaneous_fat"] * 0.8
+    canvas.paint(canvas.ellipse(0, 0, wall_rx, wall_ry), HU["muscle"] + rng.normal(0, 5))
+    cav_rx, cav_ry = wall_rx - 9, wall_ry - 9
+    canvas.paint(canvas.ellipse(0, 0, cav_rx, cav_ry), fat + rng.normal(0, 5))  # visceral fat
+
+    # Retroperitoneum: vertebra, canal, paraspinal muscles, kidneys.
+    spine_y = cav_ry * 0.62
+    canvas.paint(canvas.ellipse(-32, spine_y + 22, 24, 18), HU["muscle"])
+    canvas.paint(canvas.ellipse(32, spine_y + 22, 24, 18), HU["muscle"])
+    canvas.paint(canvas.ellipse(0, spine_y, 20, 17), HU["bone_cortex"] + rng.normal(0, 40))
+    canvas.paint(canvas.ellipse(0, spine_y, 17, 14), HU["bone_marrow"] + rng.normal(0, 30))
+    canvas.paint(canvas.ellipse(0, spine_y + 25, 8, 7), HU["csf"])
+    for side in (-1, 1):
+        kidney_x = side * rng.uniform(55, 70)
+        canvas.paint(canvas.ellipse(kidney_x, spine_y - 2, 26, 36, side * 0.4), HU["kidney"] + enh)
+        canvas.paint(canvas.ellipse(kidney_x, spine_y - 2, 10, 18, side * 0.4), HU["fat"] + 40)  # sinus
+
+    # Liver (patient's right = image left) and spleen, sizes per patient.
+    liver = canvas.ellipse(-cav_rx * 0.55, -cav_ry * 0.05, cav_rx * 0.45 * anatomy["liver_scale"],
+                           cav_ry * 0.6 * anatomy["liver_scale"], 0.3)
+    canvas.paint(liver & canvas.ellipse(0, 0, cav_rx, cav_ry), HU["liver"] + enh * 0.6 + rng.normal(0, 4))
+    spleen = canvas.ellipse(cav_rx * 0.68, cav_ry * 0.15, 30 * anatomy["spleen_scale"], 45 * anatomy["spleen_scale"], -0.5)
+    canvas.paint(spleen & canvas.ellipse(0, 0, cav_rx, cav_ry), HU["spleen"] + enh * 0.6)
+
+    # Bowel loops in the anterior abdomen: air or oral contrast, with a soft-tissue wall.
+    for _ in range(anatomy["n_bowel"]):
+        bx, by = rng.uniform(-cav_rx * 0.6, cav_rx * 0.6), rng.uniform(-cav_ry * 0.85, -cav_ry * 0.35)
+        radius, aspect = rng.uniform(8, 20), rng.uniform(0.7, 1.0)
+        canvas.paint(canvas.ellipse(bx, by, radius, radius * aspect), HU["bowel_wall"])
+        lumen = HU["air"] if rng.random() < 0.5 else HU["oral_contrast"] + rng.normal(0, 30)
+        canvas.paint(canvas.ellipse(bx, by, radius - 2.5, radius * aspect - 2.5), lumen)
+
+    # Pancreas: a band across the midline, anterior to the vessels, with the node's fat in front.
+    _paint_fat_pad(canvas, node, rng, fat)
+    pancreas_y = _pancreas_y(anatomy)
+    for x in np.linspace(-50, 60, 12):
+        canvas.paint(canvas.ellipse(x, pancreas_y + 0.003 * x * x, 12, 9), HU["pancreas"] + enh * 0.4)
+
+    # Small benign mesenteric nodes, in both classes, so "a node is visible" is no cue.
+    for _ in range(anatomy["n_benign_nodes"]):
+        canvas.paint(canvas.ellipse(rng.uniform(-60, 60), rng.uniform(-cav_ry * 0.3, 0), rng.uniform(3, 5),
+                                    rng.uniform(2, 4), rng.uniform(0, np.pi)), HU["node"])
+
+    node_mask = _paint_node(canvas, node, rng, HU["node"] + rng.normal(0, 6))
+
+    # Vessels last: they stay visible next to the node, as in a real slice.
+    vessel = HU["vessel"] + enh
+    vessels = [
+        (canvas.ellipse(12, spine_y - 32, 11, 11), vessel),  # aorta
+        (canvas.ellipse(-22, spine_y - 30, 12, 9), vessel - 15),  # IVC
+        (canvas.ellipse(10, pancreas_y + 10, 5, 5), vessel),  # SMA
+        (canvas.ellipse(-8, pancreas_y + 8, 6, 6), vessel - 10),  # SMV
+    ]
+    for mask, value in vessels:
+        canvas.paint(mask, value)
+        node_mask &= ~mask  # a vessel drawn over the node is not node
+
+    # Scanner blur (a 0.8 mm point spread) and correlated noise.
+    hu = gaussian_filter(canvas.hu, 0.8 / canvas.spacing)
+    noise = gaussian_filter(rng.normal(0, 1, hu.shape).astype(np.float32), 0.7)
+    hu += noise * anatomy["noise_sd"] / noise.std()
+    return np.clip(hu, -1024, 3000).astype(np.float32), node_mask
+
+
+def generate_phantom(
+    out_dir,
+    n_per_class: int,
+    seed: int = 0,
+    image_size: int = 256,
+    slices_per_patient: int = 3,
+    progress: bool = True,
+) -> str:
+    """Write `n_per_class` slices per class (in patients of `slices_per_patient`) under `out_dir`.
+
+    Returns the path of `out_dir/manifest.csv` (path,label,patient_id,mask_path; relative paths).
+    """
+    if n_per_class < 1 or slices_per_patient < 1:
+        raise ValueError(f"n_per_class and slices_per_patient must be >= 1, got {n_per_class}, {slices_per_patient}")
+    out_dir = os.fspath(out_dir)
+    for folder in (*LABELS, "masks"):
+        os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
+    jobs = []  # (label, patient index, slices of that patient)
+    for label in (1, 0):
+        for start in range(0, n_per_class, slices_per_patient):
+            jobs.append((label, len(jobs), min(slices_per_patient, n_per_class - start)))
+    rows: List[Dict[str, str]] = []
+    bar = tqdm(total=2 * n_per_class, desc="phantom slices", unit="slice", disable=not progress)
+    for label, patient_index, n_slices in jobs:
+        rows.extend(_write_patient(out_dir, seed, label, patient_index, n_slices, image_size))
+        bar.update(n_slices)
+    bar.close()
+    manifest = os.path.join(out_dir, "manifest.csv")
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "patient_id", "mask_path"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def _write_patient(out_dir, seed, label, patient_index, n_slices, image_size) -> List[Dict[str, str]]:
+    # One generator per patient: the files do not depend on the order patients are written in.
+    rng = np.random.default_rng([seed, patient_index])
+    patient_id = f"PHANTOM-{seed:03d}-{patient_index:04d}"
+    anatomy = _patient_anatomy(rng)
+    node = _node(rng, bool(label), anatomy)
+    study_uid = deterministic_uid("phantom", seed, patient_index, "study")
+    series_uid = deterministic_uid("phantom", seed, patient_index, "series")
+    rows = []
+    for index in range(n_slices):
+        slice_node = Node(**{**node.__dict__, "short_axis": node.short_axis * rng.uniform(0.9, 1.05),
+                             "x": node.x + rng.normal(0, 1.5), "y": node.y + rng.normal(0, 1.5)})
+        hu, mask = render_slice(rng, anatomy, slice_node, image_size)
+        name = f"{patient_id}_{index:02d}"
+        dicom_path = os.path.join(LABELS[label], f"{name}.dcm")
+        mask_path = os.path.join("masks", f"{name}.png")
+        write_ct_dicom(
+            os.path.join(out_dir, dicom_path), hu, patient_id=patient_id, study_uid=study_uid,
+            series_uid=series_uid, sop_uid=deterministic_uid("phantom", seed, patient_index, index),
+            instance_number=index + 1, pixel_spacing=(FIELD_OF_VIEW_MM / image_size,) * 2,
+            slice_thickness=SLICE_THICKNESS_MM, slice_location=index * SLICE_THICKNESS_MM,
+        )
+        Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(out_dir, mask_path))
+        rows.append({"path": dicom_path, "label": LABELS[label], "patient_id": patient_id, "mask_path": mask_path})
+    return rows
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", help="output folder")
+    parser.add_argument("--n-per-class", type=int, default=150, help="slices per class (default 150)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=256, help="native rows = columns (default 256)")
+    parser.add_argument("--slices-per-patient", type=int, default=3)
+    args = parser.parse_args(argv)
+    manifest = generate_phantom(args.out_dir, args.n_per_class, args.seed, args.image_size, args.slices_per_patient)
+    print(f"wrote {2 * args.n_per_class} synthetic CT slices and {manifest}")
+    return manifest
+
+
+if __name__ == "__main__":
+    main()

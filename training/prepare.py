@@ -1,0 +1,359 @@
+"""CT slices and labels -> a patient-grouped, label-stratified `datasets.DatasetDict` on disk.
+
+    python -m training.prepare INPUT --output DS [--png-dir DIR] [--size 224] [--seed 0]
+
+INPUT is a folder with one sub-folder per class (`metastatic`/`non_metastatic`, or the paper's
+`cancer`/`normal`) or a CSV manifest `path,label[,patient_id][,mask_path]` (paths relative to the CSV;
+labels as class names or 0/1). Files are DICOM (any extension) or already-windowed PNG/JPEG/TIFF.
+
+Each slice goes through the model's own `CTImageProcessor` (HU, window, resize), so training sees what
+inference sees. Splits (66.7/16.7/16.7) are stratified by label and grouped by patient: `patient_id`
+from the manifest, else the DICOM PatientID, else the StudyInstanceUID. IDs read from DICOM are stored
+only as salted hashes, never as read.
+
+Writes `DS/` (`save_to_disk`), `DS/prepare_info.json` (window, size, seed, train mean/std, counts) and
+`DS/bad_files.csv` (path,reason): every file that could not be used is listed there and on screen.
+"""
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import secrets
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.model_selection import StratifiedGroupKFold
+from tqdm.auto import tqdm
+
+from modeling import CTImageProcessor
+from modeling.ct_dicom import read_dicom
+from modeling.image_processing_ct import IMAGE_SUFFIXES
+
+CLASS_NAMES = ["non_metastatic", "metastatic"]
+LABEL_ALIASES = {"non_metastatic": 0, "normal": 0, "0": 0, "metastatic": 1, "cancer": 1, "1": 1}
+SPLITS = ("train", "validation", "test")
+N_FOLDS = 6  # one fold test, one validation, four train: 16.7 / 16.7 / 66.7 %
+
+
+@dataclass
+class Record:
+    """One input slice before reading. `patient_id` is None unless a manifest gave one."""
+
+    source: str  # as given (relative to the manifest or the input folder)
+    path: str  # absolute path used for reading
+    label: int
+    patient_id: Optional[str] = None
+    mask_path: Optional[str] = None
+
+
+@dataclass
+class Slice:
+    """One slice after reading: model-size arrays and its grouping key (raw, never stored as read)."""
+
+    record: Record
+    image: np.ndarray  # float32 (size, size), window in [0, 1]
+    mask: np.ndarray  # uint8 (size, size), 1 on the lesion
+    has_mask: bool
+    group_key: str
+    png_path: Optional[str] = None  # relative to --png-dir, when written
+
+
+def features(size: int) -> datasets.Features:
+    return datasets.Features({
+        "image": datasets.Array2D((size, size), "float32"),
+        "label": datasets.ClassLabel(names=CLASS_NAMES),
+        "patient_id": datasets.Value("string"),
+        "source": datasets.Value("string"),
+        "mask": datasets.Array2D((size, size), "uint8"),
+        "has_mask": datasets.Value("bool"),
+    })
+
+
+def parse_label(value: str) -> int:
+    key = str(value).strip().lower().replace("-", "_").replace(" ", "_")
+    if key not in LABEL_ALIASES:
+        raise ValueError(f"unknown label {value!r}; use one of {sorted(LABEL_ALIASES)}")
+    return LABEL_ALIASES[key]
+
+
+def records_from_folder(folder: str) -> List[Record]:
+    """Files under `folder/<class>/` (recursively, hidden files skipped), labelled by the class folder."""
+    records = []
+    class_dirs = [d for d in sorted(os.listdir(folder)) if d.lower() in LABEL_ALIASES and not d.isdigit()]
+    if not class_dirs:
+        raise ValueError(
+            f"{folder} has no class folders; expected sub-folders metastatic/non_metastatic (or cancer/normal)"
+        )
+    for class_dir in class_dirs:
+        label = LABEL_ALIASES[class_dir.lower()]
+        for root, dirs, files in os.walk(os.path.join(folder, class_dir)):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if not name.startswith("."):
+                    path = os.path.join(root, name)
+                    records.append(Record(os.path.relpath(path, folder), os.path.abspath(path), label))
+    return records
+
+
+def records_from_manifest(manifest: str) -> Tuple[List[Record], List[Tuple[str, str]]]:
+    """Rows of a CSV manifest -> (records, bad rows as (path, reason)). Paths are relative to the CSV."""
+    base = os.path.dirname(os.path.abspath(manifest))
+    records, bad = [], []
+    with open(manifest, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"path", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{manifest} lacks column(s) {sorted(missing)}; expected path,label[,patient_id][,mask_path]")
+        for line, row in enumerate(reader, start=2):
+            source = (row.get("path") or "").strip()
+            if not source:
+                bad.append((f"{manifest}:{line}", "empty path"))
+                continue
+            path = os.path.join(base, source)
+            try:
+                label = parse_label(row.get("label", ""))
+            except ValueError as error:
+                bad.append((source, str(error)))
+                continue
+            if not os.path.isfile(path):
+                bad.append((source, "listed in the manifest but missing"))
+                continue
+            mask = (row.get("mask_path") or "").strip()
+            mask_path = os.path.join(base, mask) if mask else None
+            records.append(Record(source, path, label, (row.get("patient_id") or "").strip() or None, mask_path))
+    return records, bad
+
+
+def _read_one(record: Record, processor: CTImageProcessor, png_dir: Optional[str], index: int):
+    """Read, window and resize one record. Returns a `Slice` or `(source, reason)`."""
+    try:
+        group_key = record.patient_id and f"manifest:{record.patient_id}"
+        if record.path.lower().endswith(IMAGE_SUFFIXES):
+            image = record.path
+            group_key = group_key or f"file:{record.source}"  # no ID in a PNG: the file is its own group
+        else:
+            image = read_dicom(record.path)
+            dicom_id = str(image.get("PatientID", "") or "").strip() or str(image.get("StudyInstanceUID", "") or "")
+            group_key = group_key or (f"dicom:{dicom_id}" if dicom_id else f"file:{record.source}")
+        unit = processor.to_unit_range(image)
+        # Resize the windowed slice with the processor itself: under a [0, 1] "window" it is its own HU.
+        pixels = processor(unit, window_center=0.5, window_width=1.0, do_normalize=False)["pixel_values"]
+    except (ValueError, OSError) as error:
+        return record.source, str(error).splitlines()[0]
+    mask, has_mask = np.zeros(pixels.shape[-2:], np.uint8), False
+    if record.mask_path:
+        try:
+            mask = _mask_at_size(record.mask_path, unit.shape, processor.size)
+            has_mask = True
+        except (ValueError, OSError) as error:
+            return record.source, f"mask {os.path.basename(record.mask_path)}: {str(error).splitlines()[0]}"
+    png_path = _write_png(png_dir, index, record, unit) if png_dir else None
+    return Slice(record, pixels[0, 0].numpy(), mask, has_mask, group_key, png_path)
+
+
+def _mask_at_size(path: str, native_shape, size: int) -> np.ndarray:
+    """A lesion mask image (non-zero = lesion) at the slice's native shape -> uint8 (size, size)."""
+    if not os.path.isfile(path):
+        raise ValueError("missing")
+    with Image.open(path) as opened:
+        mask = np.asarray(opened.convert("L")) > 0
+    if mask.shape != tuple(native_shape):
+        raise ValueError(f"shape {mask.shape} differs from the slice's {tuple(native_shape)}")
+    # Same antialiased resize as the image, then a half threshold, so small lesions keep their place.
+    resized = torch.nn.functional.interpolate(
+        torch.from_numpy(mask.astype(np.float32))[None, None], size=(size, size), mode="bilinear",
+        align_corners=False, antialias=True,
+    )
+    return (resized[0, 0].numpy() >= 0.5).astype(np.uint8)
+
+
+def _write_png(png_dir: str, index: int, record: Record, unit: np.ndarray) -> str:
+    """The windowed slice at native size as a 16-bit PNG (the processor reads it back as [0, 1])."""
+    stem = os.path.splitext(os.path.basename(record.source))[0]
+    relative = os.path.join(CLASS_NAMES[record.label], f"{index:05d}_{stem}.png")
+    Image.fromarray(np.round(unit * 65535).astype(np.uint16)).save(os.path.join(png_dir, relative))
+    return relative
+
+
+def _read_worker(args):
+    return _read_one(*args)
+
+
+def read_all(records: List[Record], processor: CTImageProcessor, png_dir, num_workers: int):
+    """Read every record (in `num_workers` processes) -> (slices, bad files as (path, reason))."""
+    if png_dir:
+        for name in CLASS_NAMES:
+            os.makedirs(os.path.join(png_dir, name), exist_ok=True)
+    jobs = [(record, processor, png_dir, index) for index, record in enumerate(records)]
+    bar = dict(total=len(jobs), desc="reading slices", unit="slice")
+    if num_workers <= 1:
+        results = [_read_worker(job) for job in tqdm(jobs, **bar)]
+    else:
+        with ProcessPoolExecutor(num_workers) as pool:
+            results = list(tqdm(pool.map(_read_worker, jobs, chunksize=8), **bar))
+    slices = [result for result in results if isinstance(result, Slice)]
+    bad = [result for result in results if not isinstance(result, Slice)]
+    return slices, bad
+
+
+def pseudonym(group_key: str, salt: str) -> str:
+    """Manifest IDs are kept (the user chose them); IDs read from DICOM become a salted hash."""
+    if group_key.startswith("manifest:"):
+        return group_key[len("manifest:"):]
+    return "P-" + hashlib.sha256(f"{salt}:{group_key}".encode()).hexdigest()[:12]
+
+
+def split_patients(slices: List[Slice], seed: int) -> Dict[str, List[Slice]]:
+    """Stratified (label) and grouped (patient) 4:1:1 split; asserts that no patient is in two splits."""
+    groups = sorted({s.group_key for s in slices})
+    if len(groups) < N_FOLDS:
+        raise ValueError(
+            f"a split would be empty: {len(groups)} patient(s) found, at least {N_FOLDS} are needed "
+            f"(6 or more per class so that every split holds both classes)"
+        )
+    group_index = {key: i for i, key in enumerate(groups)}
+    labels = np.array([s.record.label for s in slices])
+    group_ids = np.array([group_index[s.group_key] for s in slices])
+    folds = list(StratifiedGroupKFold(N_FOLDS, shuffle=True, random_state=seed).split(labels, labels, group_ids))
+    fold_of = np.empty(len(slices), int)
+    for fold, (_, test_index) in enumerate(folds):
+        fold_of[test_index] = fold
+    split_of_fold = {0: "test", 1: "validation"}
+    splits = {name: [] for name in SPLITS}
+    for item, fold in zip(slices, fold_of):
+        splits[split_of_fold.get(fold, "train")].append(item)
+    for name, members in splits.items():
+        if not members:
+            raise ValueError(f"the {name} split would be empty; add patients (at least {N_FOLDS} are needed)")
+    patients = {name: {s.group_key for s in members} for name, members in splits.items()}
+    assert not (patients["train"] & patients["validation"] or patients["train"] & patients["test"]
+                or patients["validation"] & patients["test"]), "a patient is in two splits"
+    return splits
+
+
+def mixed_class_patients(slices: List[Slice]) -> Dict[str, Counter]:
+    """Grouping keys with slices of both classes -> label counts (kept together, reported)."""
+    by_patient = defaultdict(Counter)
+    for item in slices:
+        by_patient[item.group_key][item.record.label] += 1
+    return {key: counts for key, counts in by_patient.items() if len(counts) > 1}
+
+
+def prepare_dataset(
+    input,
+    output,
+    png_dir=None,
+    size: int = 224,
+    seed: int = 0,
+    window_center: float = 60.0,
+    window_width: float = 400.0,
+    num_workers: Optional[int] = None,
+    id_salt: Optional[str] = None,
+) -> datasets.DatasetDict:
+    """Read `input` (class folder tree or CSV manifest), split it and save it to `output`.
+
+    Returns the `DatasetDict`; see the module docstring for what is written. Raises `ValueError`
+    when no usable slice is left or a split would be empty.
+    """
+    input, output = os.fspath(input), os.fspath(output)
+    bad: List[Tuple[str, str]] = []
+    if os.path.isdir(input):
+        records = records_from_folder(input)
+        if os.path.isfile(os.path.join(input, "manifest.csv")):
+            print(f"note: {input}/manifest.csv exists; pass it as INPUT to use its patient IDs and masks")
+    elif os.path.isfile(input):
+        records, bad = records_from_manifest(input)
+    else:
+        raise ValueError(f"input {input} does not exist")
+    processor = CTImageProcessor(window_center, window_width, size=size, do_normalize=False)
+    num_workers = min(num_workers or os.cpu_count() or 1, max(1, len(records) // 8))
+    slices, unreadable = read_all(records, processor, png_dir, num_workers)
+    bad += unreadable
+    for path, reason in bad:
+        print(f"bad file {path}: {reason}")
+    if not slices:
+        raise ValueError(f"no usable slice in {input} ({len(bad)} bad file(s), listed above)")
+
+    salt = id_salt if id_salt is not None else secrets.token_hex(16)  # never stored: hashes stay one-way
+    for key, counts in mixed_class_patients(slices).items():
+        print(f"note: patient {pseudonym(key, salt)} has slices in both classes "
+              f"({counts[1]} metastatic, {counts[0]} non-metastatic); its slices stay in one split")
+    splits = split_patients(slices, seed)
+
+    dataset_dict = datasets.DatasetDict({
+        name: datasets.Dataset.from_dict({
+            "image": np.stack([s.image for s in members]),
+            "label": [s.record.label for s in members],
+            "patient_id": [pseudonym(s.group_key, salt) for s in members],
+            "source": [s.record.source for s in members],
+            "mask": np.stack([s.mask for s in members]),
+            "has_mask": [s.has_mask for s in members],
+        }, features=features(size))
+        for name, members in splits.items()
+    })
+    dataset_dict.save_to_disk(output)
+
+    train_pixels = np.stack([s.image for s in splits["train"]]).astype(np.float64)
+    mean, std = float(train_pixels.mean()), float(train_pixels.std())
+    info = {
+        "window_center": window_center, "window_width": window_width, "size": size, "seed": seed,
+        "image_mean": [mean] * 3, "image_std": [std] * 3,
+        "counts": {
+            name: {"slices": len(members), "patients": len({s.group_key for s in members}),
+                   "positives": sum(s.record.label for s in members)}
+            for name, members in splits.items()
+        },
+        "n_bad_files": len(bad),
+    }
+    with open(os.path.join(output, "prepare_info.json"), "w") as handle:
+        json.dump(info, handle, indent=2)
+    with open(os.path.join(output, "bad_files.csv"), "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "reason"])
+        writer.writerows(bad)
+    if png_dir:
+        _write_png_manifest(png_dir, splits, salt)
+    for name, counts in info["counts"].items():
+        print(f"{name}: {counts['slices']} slices, {counts['patients']} patients, {counts['positives']} metastatic")
+    print(f"saved {output} ({len(bad)} bad file(s), listed in {os.path.join(output, 'bad_files.csv')})")
+    return dataset_dict
+
+
+def _write_png_manifest(png_dir: str, splits: Dict[str, List[Slice]], salt: str) -> None:
+    """`png_dir/manifest.csv`, so the PNGs can be prepared again with the same patients and splits."""
+    with open(os.path.join(png_dir, "manifest.csv"), "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "patient_id", "split"])
+        for split, members in splits.items():
+            for item in members:
+                writer.writerow([item.png_path, CLASS_NAMES[item.record.label], pseudonym(item.group_key, salt), split])
+
+
+def main(argv=None) -> datasets.DatasetDict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="class folder tree or CSV manifest")
+    parser.add_argument("--output", required=True, help="output folder for the DatasetDict")
+    parser.add_argument("--png-dir", help="also write the windowed slices as PNG here")
+    parser.add_argument("--size", type=int, default=224, help="model input size (default 224)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--window-center", type=float, default=60.0)
+    parser.add_argument("--window-width", type=float, default=400.0)
+    parser.add_argument("--num-workers", type=int, default=None, help="reader processes (default: all cores)")
+    args = parser.parse_args(argv)
+    try:
+        return prepare_dataset(args.input, args.output, args.png_dir, args.size, args.seed,
+                               args.window_center, args.window_width, args.num_workers)
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
+
+
+if __name__ == "__main__":
+    main()
