@@ -5,6 +5,9 @@ Attention Mechanism" (ResNet-50 + squeeze-and-excitation channel attention + CBA
 attention, summed, on the last backbone stage).
 """
 
+import numbers
+
+import timm
 from transformers import PretrainedConfig
 
 ATTENTION_MODES = ("dual", "channel", "spatial", "none")
@@ -58,7 +61,8 @@ class DualAttentionResNetConfig(PretrainedConfig):
         num_channels=3,
         **kwargs,
     ):
-        if not isinstance(backbone, str) or not backbone:
+        # Names with a source prefix ("hf-hub:...", "local-dir:...") are resolved by timm at build time.
+        if not isinstance(backbone, str) or not (":" in backbone or timm.is_model(backbone)):
             raise ValueError(f"`backbone` must be a timm model name, got {backbone!r}.")
         if attention not in ATTENTION_MODES:
             raise ValueError(f"`attention` must be one of {ATTENTION_MODES}, got {attention!r}.")
@@ -66,11 +70,11 @@ class DualAttentionResNetConfig(PretrainedConfig):
             raise ValueError(f"`se_reduction` must be a positive integer, got {se_reduction!r}.")
         if not isinstance(spatial_kernel_size, int) or spatial_kernel_size < 1 or spatial_kernel_size % 2 == 0:
             raise ValueError(f"`spatial_kernel_size` must be a positive odd integer, got {spatial_kernel_size!r}.")
-        if not 0.0 <= dropout < 1.0:
+        if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}.")
         if not isinstance(frozen_stages, int) or frozen_stages < 0:
             raise ValueError(f"`frozen_stages` must be a non-negative integer, got {frozen_stages!r}.")
-        if not 0.0 <= decision_threshold <= 1.0:
+        if not isinstance(decision_threshold, numbers.Real) or not 0.0 <= decision_threshold <= 1.0:
             raise ValueError(f"`decision_threshold` must be in [0, 1], got {decision_threshold!r}.")
 
         self.backbone = backbone

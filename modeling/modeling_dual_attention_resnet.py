@@ -6,6 +6,7 @@ Attention Mechanism". The same classes serve the paper's baselines (ResNet-50, V
 `attention="none"`.
 """
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -59,9 +60,10 @@ class DualAttentionImageClassifierOutput(ImageClassifierOutput):
 def _frozen_parameter_names(backbone: nn.Module, frozen_stages: int) -> list:
     """Names of the backbone parameters up to and including stage `frozen_stages` (stem included).
 
-    Stages come from timm's `feature_info`: entry 0 is the stem for ResNets, entry k the k-th stage.
-    Parameters are registered in forward order, so everything before the boundary stage's last
-    parameter belongs to the stem or an earlier stage.
+    Stages come from timm's `feature_info`: entry 0 is the stem (the first block for VGG and ViT),
+    entry k the k-th stage. A stage's module may hold no parameters (VGG's entries are ReLUs), so the
+    boundary is found in module order: modules are registered in forward order, and everything up
+    to the end of the boundary module's subtree belongs to the stem or an earlier stage.
     """
     if frozen_stages == 0:
         return []
@@ -70,10 +72,20 @@ def _frozen_parameter_names(backbone: nn.Module, frozen_stages: int) -> list:
         raise ValueError(
             f"`frozen_stages` must be below {len(stages)} for backbone with stages {stages}, got {frozen_stages}."
         )
-    boundary = stages[frozen_stages] + "."
-    names = [name for name, _ in backbone.named_parameters()]
-    last = max(i for i, name in enumerate(names) if name.startswith(boundary))
-    return names[: last + 1]
+    boundary = stages[frozen_stages]
+    module_names = [name for name, _ in backbone.named_modules()]
+    end = max(i for i, name in enumerate(module_names) if name == boundary or name.startswith(boundary + "."))
+    frozen_modules = set(module_names[: end + 1])
+    return [name for name, _ in backbone.named_parameters() if name.rpartition(".")[0] in frozen_modules]
+
+
+def _has_spatial_feature_map(backbone: nn.Module) -> bool:
+    """Whether `forward_features` returns a `(batch, channels, h, w)` map that attention can weight.
+
+    Token models (ViT: every stage at one reduction) and channels-last models (Swin: NHWC) do not.
+    """
+    reductions = {info.get("reduction") for info in getattr(backbone, "feature_info", [])}
+    return len(reductions) > 1 and getattr(backbone, "output_fmt", "NCHW") == "NCHW"
 
 
 class DualAttentionResNetPreTrainedModel(PreTrainedModel):
@@ -102,7 +114,7 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
         if config.attention == "none":
             self.attention = None
         else:
-            if not hasattr(self.backbone, "feature_info") or self.backbone.feature_info[-1].get("reduction", 0) < 2:
+            if not _has_spatial_feature_map(self.backbone):
                 raise ValueError(
                     f"`attention={config.attention!r}` needs a CNN backbone with a spatial feature map; "
                     f"use attention='none' with {config.backbone!r}."
@@ -111,16 +123,25 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
                 self.num_features, config.attention, config.se_reduction, config.spatial_kernel_size
             )
         self.frozen_parameter_names = _frozen_parameter_names(self.backbone, config.frozen_stages)
-        for name, param in self.backbone.named_parameters():
-            if name in self.frozen_parameter_names:
-                param.requires_grad_(False)
+        self._freeze_parameters()
         self.post_init()
 
+    def _freeze_parameters(self):
+        frozen = set(self.frozen_parameter_names)
+        for name, param in self.backbone.named_parameters():
+            if name in frozen:
+                param.requires_grad_(False)
+
     def train(self, mode: bool = True):
-        """Frozen stages keep their normalisation statistics: their BatchNorms stay in eval mode."""
+        """Frozen stages stay frozen: no gradients, and their BatchNorms keep their running statistics.
+
+        `requires_grad` is set again on every call because `from_pretrained` replaces the parameters
+        (the new ones require grad) and then calls `eval()`.
+        """
         super().train(mode)
+        self._freeze_parameters()
         if mode and self.frozen_parameter_names:
-            frozen_modules = {name.rsplit(".", 1)[0] for name in self.frozen_parameter_names}
+            frozen_modules = {name.rpartition(".")[0] for name in self.frozen_parameter_names}
             for name, module in self.backbone.named_modules():
                 if name in frozen_modules and isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
@@ -133,16 +154,17 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
             weights: a local timm checkpoint (`.safetensors`, `.pth`, `.bin`) for offline machines;
                 None downloads timm's default pretrained weights from the Hugging Face Hub.
         """
-        overlay = {"file": str(weights)} if weights else None
+        if weights and not os.path.isfile(weights):
+            raise FileNotFoundError(f"Backbone weights file not found: {weights}")
+        overlay = {"file": os.fspath(weights)} if weights else None
         try:
             pretrained = timm.create_model(
                 self.config.backbone, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay
             )
-        except FileNotFoundError as error:
-            raise FileNotFoundError(f"Backbone weights file not found: {weights}") from error
-        except Exception as error:  # noqa: BLE001 - timm/hub raise many types when offline
+        except Exception as error:  # noqa: BLE001 - timm/hub raise many types (offline: FileNotFoundError too)
             if weights:
-                raise RuntimeError(f"Could not load backbone weights from {weights}: {error}") from error
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise RuntimeError(f"Could not load backbone weights from {weights}: {reason}") from error
             raise RuntimeError(
                 f"Could not download ImageNet weights for {self.config.backbone!r} (offline?). "
                 "Train with --no-pretrained-backbone, or pass a local timm checkpoint with --backbone-weights PATH."
