@@ -1,0 +1,179 @@
+"""The model card: YAML metadata (with a model-index of the evaluation) and the README body.
+
+Built with huggingface_hub's `ModelCardData` / `EvalResult` and a Jinja template
+(`model_card_template.md`). Everything on it comes from the model folder, metrics.json, the
+processor config and the run's settings: numbers and names of settings, never data paths or
+patient identifiers.
+"""
+
+import re
+from pathlib import Path
+from typing import Optional
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .provenance import TrainingProvenance
+
+TEMPLATE = Path(__file__).with_name("model_card_template.md")
+PAPER_TITLE = "Lymph Node Metastasis Detection in Pancreatic Ductal Adenocarcinoma using ResNet with Attention Mechanism"
+TAGS = ["medical-imaging", "ct", "pdac", "pancreatic-cancer", "lymph-node", "grad-cam", "attention", "resnet", "timm"]
+# (metrics.json key, label on the card, model-index metric type: the Hub's metric ids where one exists)
+METRICS = (
+    ("accuracy", "Accuracy", "accuracy"),
+    ("precision", "Precision", "precision"),
+    ("recall", "Recall (sensitivity)", "recall"),
+    ("specificity", "Specificity", "specificity"),
+    ("f1", "F1", "f1"),
+    ("auc_roc", "AUC-ROC", "roc_auc"),
+)
+LOCALISATION_METRICS = (("pointing_game", "Pointing game"), ("energy_in_mask", "Energy in mask"))
+# The paper's test-set results (150 slices, no intervals), from ../shared/METHOD.md.
+PAPER_RESULTS = (
+    ("VGG16", "79.33", "75.50", "83.33", "79.20", "0.88"),
+    ("ResNet50", "81.33", "78.40", "86.67", "82.30", "0.91"),
+    ("ViT-B/16", "83.33", "80.10", "89.33", "84.50", "0.93"),
+    ("ResNet-50 + dual attention", "87.33", "82.56", "94.67", "88.20", "0.97"),
+)
+ATTENTION_TEXT = {
+    "dual": "channel (squeeze-and-excitation) and spatial (CBAM-style) attention, summed",
+    "channel": "channel attention only (squeeze-and-excitation)",
+    "spatial": "spatial attention only (CBAM-style)",
+    "none": "none (plain backbone baseline)",
+}
+
+
+def format_value(key: str, value: float) -> str:
+    """AUC as a fraction, everything else as a percentage, as the paper reports them."""
+    return f"{value:.3f}" if key == "auc_roc" else f"{100 * value:.1f} %"
+
+
+def format_interval(key: str, metric: dict) -> str:
+    """`{"value", "ci_low", "ci_high"}` -> "87.3 % (80.1 % to 93.0 %)"."""
+    return (
+        f"{format_value(key, metric['value'])} "
+        f"({format_value(key, metric['ci_low'])} to {format_value(key, metric['ci_high'])})"
+    )
+
+
+def metric_rows(block: dict) -> list:
+    """Rows `{"label", "text"}` for the six headline metrics of one metrics.json block."""
+    return [{"label": label, "text": format_interval(key, block[key])} for key, label, _ in METRICS if key in block]
+
+
+def localisation_rows(localisation: Optional[dict]) -> list:
+    """Rows `{"method", "label", "text"}` (fractions in [0, 1]) for attention and Grad-CAM maps."""
+    rows = []
+    for method, name in (("attention", "spatial attention"), ("gradcam", "Grad-CAM")):
+        for key, label in LOCALISATION_METRICS:
+            metric = ((localisation or {}).get(method) or {}).get(key)
+            if metric:
+                text = f"{metric['value']:.3f} ({metric['ci_low']:.3f} to {metric['ci_high']:.3f})"
+                rows.append({"method": name, "label": label, "text": text})
+    return rows
+
+
+def eval_results(metrics: dict, synthetic: bool) -> list:
+    """model-index entries: slice- and patient-level metrics with their 95 % intervals in `args`.
+
+    The interval goes in `args` (machine-readable) and in the name (shown by the Hub's widget);
+    `config` says which level the metric was computed at.
+    """
+    if synthetic:
+        dataset = {"dataset_type": "synthetic-ct-phantom", "dataset_name": "Synthetic CT phantom (training.phantom)"}
+    else:
+        dataset = {"dataset_type": "pdac-ln-ct-slices", "dataset_name": "PDAC lymph-node CT slices (private)"}
+    bootstrap = metrics.get("bootstrap", {})
+    results = []
+    for level, block in (("slice-level", metrics), ("patient-level", metrics.get("patient_level") or {})):
+        for key, label, metric_type in METRICS:
+            if key not in block:
+                continue
+            metric = block[key]
+            results.append(
+                EvalResult(
+                    task_type="image-classification",
+                    task_name="Lymph-node metastasis detection (binary)",
+                    dataset_split=metrics.get("split", "test"),
+                    metric_type=metric_type,
+                    metric_value=metric["value"],
+                    metric_name=f"{label}, {level} (95% CI {metric['ci_low']:.3f}-{metric['ci_high']:.3f})",
+                    metric_config=level,
+                    metric_args={
+                        "threshold": metrics["threshold"],
+                        "ci_low": metric["ci_low"],
+                        "ci_high": metric["ci_high"],
+                        "confidence_level": 0.95,
+                        "bootstrap_resamples": bootstrap.get("resamples"),
+                        "bootstrap_unit": bootstrap.get("unit"),
+                    },
+                    **dataset,
+                )
+            )
+    return results
+
+
+def count_parameters(weights: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(weights), framework="np") as tensors:
+        for name in tensors.keys():
+            count = 1
+            for dim in tensors.get_slice(name).get_shape():
+                count *= dim
+            total += count
+    return total
+
+
+def build_model_card(
+    *,
+    config: dict,
+    processor: dict,
+    metrics: Optional[dict],
+    provenance: TrainingProvenance,
+    weights: Path,
+    figures: list,
+    repo_id: str,
+    revision: Optional[str],
+    space_id: Optional[str],
+    license: str,
+) -> ModelCard:
+    """The model repo's README.md as a `ModelCard` (metadata + body)."""
+    model_name = repo_id.split("/")[-1]
+    tags = TAGS + (["synthetic-data"] if provenance.synthetic else [])
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license=license,
+        tags=tags,
+        metrics=[metric_type for _, _, metric_type in METRICS],
+        model_name=model_name,
+        eval_results=eval_results(metrics, provenance.synthetic) if metrics else None,
+    )
+    center, width = processor["window_center"], processor["window_width"]
+    return ModelCard.from_template(
+        card_data,
+        template_str=TEMPLATE.read_text(),
+        model_name=model_name,
+        repo_id=repo_id,
+        revision=revision or "main",
+        revision_pinned=bool(revision and re.fullmatch(r"[0-9a-f]{40}", revision)),
+        space_id=space_id,
+        synthetic=provenance.synthetic,
+        counts=provenance.counts,
+        settings=provenance.settings,
+        config=config,
+        attention_text=ATTENTION_TEXT.get(config["attention"], config["attention"]),
+        n_parameters=f"{count_parameters(weights) / 1e6:.1f} M",
+        window_low=center - width / 2,
+        window_high=center + width / 2,
+        processor=processor,
+        metrics=metrics,
+        slice_rows=metric_rows(metrics) if metrics else [],
+        at_half_rows=metric_rows(metrics.get("at_0.5") or {}) if metrics else [],
+        patient_rows=metric_rows(metrics.get("patient_level") or {}) if metrics else [],
+        localisation_rows=localisation_rows(metrics.get("localisation")) if metrics else [],
+        figures=figures,
+        paper_title=PAPER_TITLE,
+        paper_results=PAPER_RESULTS,
+    )

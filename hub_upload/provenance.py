@@ -1,0 +1,81 @@
+"""What a model was trained on, for the model card: synthetic phantom or real CT, and how much.
+
+Read from the run, never from the user's memory: RUN/config.yaml (written by training.train) names
+the prepared dataset, whose prepare_info.json holds the split counts. The phantom is recognised by
+its patient pseudonyms ("PHANTOM-0007", see training/dicom_writer.py), read from the dataset's
+`patient_id` column; they are compared, never printed or written. `--trained-on` overrides.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+PHANTOM_PATIENT_PREFIX = "PHANTOM-"
+TRAINED_ON_CHOICES = ("auto", "phantom", "real")
+# Settings worth a line on the card. Anything else in config.yaml (paths above all) stays out.
+CARD_SETTINGS = (
+    "epochs", "batch_size", "lr", "weight_decay", "seed", "image_size", "frozen_stages",
+    "pretrained_backbone", "no_pretrained_backbone", "early_stopping_patience", "scheduler_patience",
+    "scheduler_factor", "mixed_precision",
+)
+
+
+@dataclass
+class TrainingProvenance:
+    synthetic: bool
+    counts: Optional[dict] = None  # prepare_info["counts"]: {split: {"slices", "patients", "positives"}}
+    settings: dict = field(default_factory=dict)  # CARD_SETTINGS found in RUN/config.yaml
+
+
+def find_run_config(model_dir: Path) -> Optional[Path]:
+    """RUN/config.yaml for a model folder RUN/best (or the folder's own config.yaml)."""
+    for candidate in (model_dir / "config.yaml", model_dir.parent / "config.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_run_config(model_dir: Path) -> dict:
+    path = find_run_config(model_dir)
+    if path is None:
+        return {}
+    import yaml
+
+    loaded = yaml.safe_load(path.read_text())
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def is_phantom_dataset(data_dir: Path) -> bool:
+    """True when every patient in every split carries the phantom's pseudonym."""
+    import datasets
+
+    dataset_dict = datasets.load_from_disk(str(data_dir))
+    return all(
+        str(patient).startswith(PHANTOM_PATIENT_PREFIX)
+        for split in dataset_dict.values()
+        for patient in split["patient_id"]
+    )
+
+
+def read_provenance(model_dir, trained_on: str = "auto", data_dir=None) -> TrainingProvenance:
+    """Raises ValueError (one line) when `trained_on="auto"` cannot tell phantom from real data."""
+    if trained_on not in TRAINED_ON_CHOICES:
+        raise ValueError(f"--trained-on must be one of {TRAINED_ON_CHOICES}, got {trained_on!r}")
+    model_dir = Path(model_dir)
+    run_config = read_run_config(model_dir)
+    settings = {key: run_config[key] for key in CARD_SETTINGS if isinstance(run_config.get(key), (int, float, str, bool))}
+    if data_dir is None and run_config.get("data"):
+        data_dir = Path(run_config["data"])
+    info_path = Path(data_dir) / "prepare_info.json" if data_dir else None
+    counts = None
+    if info_path is not None and info_path.is_file():
+        counts = json.loads(info_path.read_text()).get("counts")
+    if trained_on != "auto":
+        return TrainingProvenance(trained_on == "phantom", counts, settings)
+    if info_path is None or not info_path.is_file():
+        raise ValueError(
+            f"cannot tell what {model_dir} was trained on (no prepared dataset found via RUN/config.yaml); "
+            "pass --data DS or --trained-on phantom|real"
+        )
+    return TrainingProvenance(is_phantom_dataset(Path(data_dir)), counts, settings)

@@ -1,0 +1,63 @@
+"""Staging the Gradio Space: `space/` plus the `modeling/` files app.py imports, wired to the model.
+
+The Space finds its model through the environment app.py reads (MODEL_ID, MODEL_REVISION), which
+the push sets as Space variables; the README's `models:` entry links the Space to the model repo.
+Example DICOMs ship publicly, so each must carry a phantom pseudonym as its PatientID.
+"""
+
+import shutil
+from pathlib import Path
+
+from huggingface_hub import SpaceCard
+
+from .atomic import atomic_directory
+from .code_files import MODELING_DIR, PACKAGE, module_closure, script_modules
+from .provenance import PHANTOM_PATIENT_PREFIX
+
+SPACE_DIR = MODELING_DIR.parent / "space"
+REQUIRED_FILES = ("app.py", "README.md", "requirements.txt")
+# Local leftovers of running the app, never part of the Space.
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "flagged", ".gradio", "gradio_cached_examples")
+
+
+def check_examples_are_synthetic(folder: Path) -> None:
+    """Refuses (naming the file, never its tags) any example DICOM that is not a phantom slice."""
+    import pydicom
+
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except pydicom.errors.InvalidDicomError:
+            continue  # not DICOM: images and text are the Space author's to judge
+        if not str(ds.get("PatientID", "")).startswith(PHANTOM_PATIENT_PREFIX):
+            raise ValueError(f"{path} is a DICOM without a phantom PatientID; only synthetic examples may ship in the Space")
+
+
+def check_space_source(space_dir=SPACE_DIR) -> None:
+    """Raises (one line) unless `space_dir` can become a Space; cheap, so callers check before staging."""
+    space_dir = Path(space_dir)
+    for name in REQUIRED_FILES:
+        if not (space_dir / name).is_file():
+            raise FileNotFoundError(f"{space_dir / name} not found; the Space needs {', '.join(REQUIRED_FILES)}")
+    check_examples_are_synthetic(space_dir)
+
+
+def stage_space(stage_dir, *, model_id: str, space_dir=SPACE_DIR, overwrite: bool = False) -> Path:
+    """Writes the Space repo to `stage_dir` (all at once) and returns its path."""
+    space_dir = Path(space_dir)
+    check_space_source(space_dir)
+    modeling_files = [f"{name}.py" for name in module_closure(script_modules(space_dir / "app.py"))]
+
+    with atomic_directory(stage_dir, overwrite=overwrite) as building:
+        shutil.copytree(space_dir, building, ignore=IGNORED, dirs_exist_ok=True)
+        (building / PACKAGE).mkdir()
+        for name in modeling_files:
+            shutil.copyfile(MODELING_DIR / name, building / PACKAGE / name)
+        card = SpaceCard.load(building / "README.md")
+        card.data.sdk = "gradio"
+        card.data.app_file = card.data.app_file or "app.py"
+        card.data.models = sorted(set(card.data.models or []) | {model_id})
+        card.save(building / "README.md")
+    return Path(stage_dir).resolve()

@@ -1,0 +1,466 @@
+"""hub_upload: the staged model repo and Space are what users get from the Hub; the push fails cleanly offline.
+
+Nothing here reaches the network: loading runs on staged folders, pushes go to a closed local port
+or to a recording stand-in for `HfApi`.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard, SpaceCard, metadata_load
+from PIL import Image
+
+from hub_upload import TrainingProvenance, read_provenance, stage_model_repo, stage_space
+from hub_upload import push as push_module
+from hub_upload.__main__ import main
+from hub_upload.space import SPACE_DIR
+from modeling import CTImageProcessor
+from tests.conftest import TINY_SIZE, tiny_model
+from training.dicom_writer import write_ct_dicom
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+PHANTOM = TrainingProvenance(synthetic=True, counts={"train": {"slices": 8, "patients": 4, "positives": 4}})
+
+
+def interval(value, low, high):
+    return {"value": value, "ci_low": low, "ci_high": high}
+
+
+def six_metrics(offset):
+    """Distinct made-up numbers per level, so a mix-up between levels shows."""
+    return {
+        "accuracy": interval(0.81 + offset, 0.70 + offset, 0.90 + offset),
+        "precision": interval(0.78 + offset, 0.64 + offset, 0.89 + offset),
+        "recall": interval(0.93 + offset, 0.85 + offset, 0.99),
+        "specificity": interval(0.69 + offset, 0.55 + offset, 0.82 + offset),
+        "f1": interval(0.85 + offset, 0.76 + offset, 0.92 + offset),
+        "auc_roc": interval(0.91 + offset, 0.84 + offset, 0.97),
+    }
+
+
+def write_eval(folder: Path) -> dict:
+    """An EVAL folder as training.evaluate writes it (metrics.json schema, figures, per-slice files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "split": "test", "n": 12, "n_patients": 6, "threshold": 0.5,
+        "operating_point": {"threshold": 0.5, "target_sensitivity": 0.95, "chosen_on": "validation"},
+        **six_metrics(0.0), "confusion_matrix": [[4, 2], [1, 5]],
+        "at_0.5": {"threshold": 0.5, **six_metrics(-0.02), "confusion_matrix": [[4, 2], [1, 5]]},
+        "patient_level": {"n": 6, **six_metrics(0.01)},
+        "calibration": {"ece": 0.083, "brier": 0.171},
+        "localisation": {
+            "n": 5, "attention": None,
+            "gradcam": {"pointing_game": interval(0.8, 0.4, 1.0), "energy_in_mask": interval(0.35, 0.2, 0.5)},
+        },
+        "bootstrap": {"resamples": 1000, "seed": 0, "unit": "patient"},
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    for name in ("roc_curve.png", "confusion_matrix.png", "reliability_diagram.png"):
+        Image.new("RGB", (8, 8), "white").save(folder / name)
+    # per-slice outputs name sources and patients: they must never be staged
+    (folder / "predictions.csv").write_text("source,patient_id,probability\nscan.dcm,PHANTOM-000-0001,0.7\n")
+    (folder / "report.md").write_text("# report\n")
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def eval_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eval")
+    write_eval(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def staged(tiny_model_dir, eval_dir, tmp_path_factory):
+    """The model repo staged from the tiny model + EVAL, as the CLI's --dry-run writes it."""
+    out = tmp_path_factory.mktemp("stage") / "out"
+    argv = ["--model", str(tiny_model_dir), "--eval", str(eval_dir), "--repo-id", "me/pdac-ln",
+            "--dry-run", "--stage-dir", str(out), "--trained-on", "phantom"]
+    assert main(argv) == 0
+    return out
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(args, env_overrides, cwd):
+    """`python -m hub_upload ARGS` in a fresh process, with HF_HOME isolated (no saved login)."""
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env.update({"HF_HOME": str(cwd / "hf_home"), "PYTHONPATH": str(REPO_ROOT), **env_overrides})
+    return subprocess.run([sys.executable, "-m", "hub_upload", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+# --- the staged model repo -------------------------------------------------------------------------------------
+
+
+def test_staged_repo_holds_exactly_the_hub_files(staged):
+    files = {str(path.relative_to(staged)) for path in staged.rglob("*") if path.is_file()}
+    required = {
+        "config.json", "model.safetensors", "preprocessor_config.json", "README.md",
+        "configuration_dual_attention_resnet.py", "modeling_dual_attention_resnet.py", "image_processing_ct.py",
+        "attention.py", "ct_dicom.py",  # imported relatively by the auto_map files
+        "evaluation/metrics.json", "evaluation/roc_curve.png", "evaluation/confusion_matrix.png",
+        "evaluation/reliability_diagram.png",
+    }
+    assert required <= files
+    # code the model does not run, per-slice outputs, and anything pickled stay out
+    assert not files & {"__init__.py", "explain.py", "predict.py", "evaluation/predictions.csv", "evaluation/report.md"}
+    assert not [name for name in files if name.endswith(PICKLE_SUFFIXES)]
+    extra_code = {name for name in files if name.endswith(".py")} - required
+    assert not extra_code, f"staged modules nobody imports: {extra_code}"
+    assert not list(staged.parent.glob(".out.*")), "temporary staging folders left behind"
+    config = json.loads((staged / "config.json").read_text())
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor"}
+
+
+LOAD_SCRIPT = r"""
+import json, sys
+import numpy as np, torch
+from PIL import Image
+from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline)
+
+repo = sys.argv[1]
+hu = np.load(sys.argv[2])
+config = AutoConfig.from_pretrained(repo, trust_remote_code=True)
+processor = AutoImageProcessor.from_pretrained(repo, trust_remote_code=True)
+model = AutoModelForImageClassification.from_pretrained(repo, trust_remote_code=True).eval()
+base = AutoModel.from_pretrained(repo, trust_remote_code=True).eval()
+pixel_values = processor(hu, return_tensors="pt")["pixel_values"]
+with torch.no_grad():
+    logits = model(pixel_values).logits
+    pooled = base(pixel_values).pooler_output
+unit = (np.clip((hu + 140.0) / 400.0, 0, 1) * 255).round().astype(np.uint8)
+score = pipeline("image-classification", model=repo, trust_remote_code=True)(Image.fromarray(unit))[0]
+with torch.no_grad():
+    png_logit = model(processor(Image.fromarray(unit), return_tensors="pt")["pixel_values"]).logits
+print(json.dumps({
+    "classes": [type(config).__name__, type(processor).__name__, type(model).__name__, type(base).__name__],
+    "class_modules": [type(model).__module__],
+    "this_repo_imported": sorted(m for m in sys.modules if m.split(".")[0] in ("modeling", "hub_upload", "training")),
+    "logits": logits.tolist(), "pooled_shape": list(pooled.shape),
+    "pipeline": score, "png_probability": torch.sigmoid(png_logit)[0, 0].item(),
+}))
+"""
+
+
+def test_staged_repo_loads_as_remote_code_with_the_same_logits(staged, tmp_path):
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-300, 400, size=(2, 80, 80)).astype(np.float32)
+    np.save(tmp_path / "hu.npy", hu[0])
+    # A fresh interpreter outside the repository: -I drops the cwd and PYTHONPATH from sys.path.
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run([sys.executable, "-I", "-c", LOAD_SCRIPT, str(staged), str(tmp_path / "hu.npy")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert loaded["this_repo_imported"] == []
+    assert loaded["classes"] == ["DualAttentionResNetConfig", "CTImageProcessor",
+                                 "DualAttentionResNetForImageClassification", "DualAttentionResNetModel"]
+    assert loaded["class_modules"][0].startswith("transformers_modules.")
+    source = tiny_model()
+    processor = CTImageProcessor.from_pretrained(staged)
+    with torch.no_grad():
+        expected = source(processor(hu[0], return_tensors="pt")["pixel_values"]).logits
+    torch.testing.assert_close(torch.tensor(loaded["logits"]), expected, rtol=1e-5, atol=1e-5)
+    assert loaded["pooled_shape"] == [1, source.dual_attention_resnet.hidden_size]
+    assert loaded["pipeline"]["label"] == "metastatic"
+    assert loaded["pipeline"]["score"] == pytest.approx(loaded["png_probability"], abs=1e-6)
+
+
+def test_pickle_only_model_is_converted_to_safetensors(tiny_model_dir, tmp_path):
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        (pickled / name).write_bytes((tiny_model_dir / name).read_bytes())
+    model = tiny_model()
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+
+    out = stage_model_repo(pickled, tmp_path / "out", repo_id="me/pdac-ln", provenance=PHANTOM)
+
+    assert not [p for p in out.rglob("*") if p.name.endswith(PICKLE_SUFFIXES)]
+    from safetensors.torch import load_file
+
+    converted = load_file(out / "model.safetensors")
+    assert converted.keys() == model.state_dict().keys()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(converted[name], tensor), name
+
+
+# --- the model card ---------------------------------------------------------------------------------------------
+
+
+def test_card_metadata_parses_and_carries_the_metrics(staged, eval_dir):
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    meta = metadata_load(staged / "README.md")
+    assert meta["library_name"] == "transformers"
+    assert meta["pipeline_tag"] == "image-classification"
+    assert meta["license"] == "apache-2.0"
+    assert {"medical-imaging", "ct", "pdac", "lymph-node", "grad-cam", "synthetic-data"} <= set(meta["tags"])
+
+    card = ModelCard.load(staged / "README.md")
+    results = {(r.metric_config, r.metric_type): r for r in card.data.eval_results}
+    hub_names = {"auc_roc": "roc_auc"}
+    for level, block in (("slice-level", metrics), ("patient-level", metrics["patient_level"])):
+        for key in ("accuracy", "precision", "recall", "specificity", "f1", "auc_roc"):
+            result = results[(level, hub_names.get(key, key))]
+            assert result.metric_value == block[key]["value"]
+            assert (result.metric_args["ci_low"], result.metric_args["ci_high"]) == (block[key]["ci_low"], block[key]["ci_high"])
+            assert result.metric_args["threshold"] == metrics["threshold"]
+            assert result.dataset_split == "test"
+    assert len(results) == 12
+
+
+def test_card_text_reports_results_and_says_synthetic(staged):
+    text = (staged / "README.md").read_text()
+    # headline slice-level accuracy 0.81 (0.70 to 0.90), patient-level AUC 0.92 (0.85 to 0.97)
+    assert "| Accuracy | 81.0 % (70.0 % to 90.0 %) |" in text
+    assert "| AUC-ROC | 0.920 (0.850 to 0.970) |" in text
+    assert "Trained and evaluated on synthetic data only" in text
+    assert "not a medical device" in text
+    assert "Expected calibration error 0.083, Brier score 0.171" in text
+    assert "| Grad-CAM | Pointing game | 0.800 (0.400 to 1.000) |" in text
+    assert "| ResNet-50 + dual attention | 87.33 | 82.56 | 94.67 | 88.20 | 0.97 |" in text
+    for figure in ("roc_curve", "confusion_matrix", "reliability_diagram"):
+        assert f"](evaluation/{figure}.png)" in text
+    assert 'trust_remote_code=True' in text and 'revision = "main"' in text
+    assert "PHANTOM-" not in text
+
+
+def test_card_without_eval_says_so_and_real_data_is_not_called_synthetic(tiny_model_dir, tmp_path):
+    real = TrainingProvenance(synthetic=False)
+    out = stage_model_repo(tiny_model_dir, tmp_path / "out", repo_id="me/pdac-ln", provenance=real)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.eval_results is None
+    assert "Not evaluated" in card.text
+    assert "synthetic" not in card.text.lower() and "synthetic-data" not in card.data.tags
+    assert not (out / "evaluation").exists()
+
+
+def prepared_dataset(folder: Path, patient_ids) -> Path:
+    """A DatasetDict with the agreed patient_id column, plus prepare_info.json."""
+    columns = {"label": [i % 2 for i in range(len(patient_ids))], "patient_id": list(patient_ids)}
+    datasets.DatasetDict({split: datasets.Dataset.from_dict(columns) for split in ("train", "validation", "test")}
+                         ).save_to_disk(str(folder))
+    counts = {split: {"slices": len(patient_ids), "patients": len(set(patient_ids)), "positives": len(patient_ids) // 2}
+              for split in ("train", "validation", "test")}
+    (folder / "prepare_info.json").write_text(json.dumps({"counts": counts, "seed": 0}))
+    return folder
+
+
+def test_training_data_is_read_from_the_run(tiny_model_dir, tmp_path):
+    phantom_ds = prepared_dataset(tmp_path / "phantom_ds", ["PHANTOM-000-0001", "PHANTOM-000-0002"])
+    real_ds = prepared_dataset(tmp_path / "real_ds", ["PHANTOM-000-0001", "HOSP-1234"])
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    for name in ("config.json", "preprocessor_config.json", "model.safetensors"):
+        (run / "best" / name).write_bytes((tiny_model_dir / name).read_bytes())
+    (run / "config.yaml").write_text(f"data: {phantom_ds}\nepochs: 3\nlr: 0.0001\noutput_dir: /secret/run\n")
+    Image.new("RGB", (8, 8), "white").save(run / "loss_curve.png")
+
+    provenance = read_provenance(run / "best")
+    assert provenance.synthetic is True
+    assert provenance.settings == {"epochs": 3, "lr": 0.0001}  # paths never reach the card
+    assert provenance.counts["test"] == {"slices": 2, "patients": 2, "positives": 1}
+    assert read_provenance(run / "best", data_dir=real_ds).synthetic is False  # one real patient is enough
+
+    out = stage_model_repo(run / "best", tmp_path / "out", repo_id="me/pdac-ln", provenance=read_provenance(run / "best", data_dir=real_ds))
+    text = (out / "README.md").read_text()
+    assert "| test | 2 | 2 | 1 |" in text
+    assert (out / "evaluation" / "loss_curve.png").is_file() and "](evaluation/loss_curve.png)" in text
+    for secret in ("HOSP-1234", "PHANTOM-000", "/secret/run", str(real_ds)):
+        assert all(secret not in p.read_text(errors="ignore") for p in out.rglob("*") if p.suffix in (".md", ".json", ".py"))
+
+    (run / "config.yaml").write_text("epochs: 3\n")
+    with pytest.raises(ValueError, match="--trained-on"):
+        read_provenance(run / "best")
+
+
+# --- staging never half-writes ---------------------------------------------------------------------------------------
+
+
+def test_stage_refuses_to_overwrite_and_leaves_nothing_on_failure(tiny_model_dir, tmp_path, capsys):
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("do not delete")
+    argv = ["--model", str(tiny_model_dir), "--repo-id", "me/pdac-ln", "--dry-run", "--trained-on", "phantom"]
+    assert main(argv + ["--stage-dir", str(keep)]) == 1
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert [p.name for p in keep.iterdir()] == ["notes.txt"]
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    (broken / "preprocessor_config.json").write_text((tiny_model_dir / "preprocessor_config.json").read_text())
+    assert main(["--model", str(broken), "--repo-id", "me/pdac-ln", "--dry-run", "--trained-on", "phantom",
+                 "--stage-dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no model.safetensors" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "mine"]  # no out/, no temporary folder
+
+
+def test_bad_metrics_json_is_refused_in_one_line(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps({"split": "test", "n": 3, "threshold": 0.5}))
+    assert main(["--model", str(tiny_model_dir), "--eval", str(tmp_path / "eval"), "--repo-id", "me/x",
+                 "--dry-run", "--trained-on", "phantom", "--stage-dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "lacks 'accuracy'" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+# --- the Space ----------------------------------------------------------------------------------------------------
+
+
+needs_space = pytest.mark.skipif(
+    not all((SPACE_DIR / name).is_file() for name in ("app.py", "README.md", "requirements.txt")),
+    reason="space/app.py, README.md and requirements.txt not written yet",
+)
+
+
+@needs_space
+def test_staged_space_imports_its_own_modeling_and_serves_the_staged_model(staged, tmp_path):
+    space = stage_space(tmp_path / "space", model_id="me/pdac-ln")
+    files = {str(p.relative_to(space)) for p in space.rglob("*") if p.is_file()}
+    assert {"app.py", "requirements.txt", "README.md", "modeling/__init__.py", "modeling/explain.py",
+            "modeling/ct_dicom.py"} <= files
+    assert not [name for name in files if "__pycache__" in name or name.endswith(PICKLE_SUFFIXES)]
+    card = SpaceCard.load(space / "README.md")
+    assert card.data.sdk == "gradio" and "me/pdac-ln" in card.data.models
+
+    # The Space runs app.py from its own folder; MODEL_ID is what the push sets as a Space variable.
+    script = ("import json, sys, app; print(json.dumps({'modeling': sys.modules['modeling'].__file__, "
+              "'model': app._source, 'served': type(app.demo).__name__}))")
+    env = {**os.environ, "MODEL_ID": str(staged), "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run([sys.executable, "-c", script], cwd=space, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert Path(loaded["modeling"]).resolve().is_relative_to(space.resolve())
+    assert loaded["model"] == str(staged) and loaded["served"] == "Blocks"
+
+
+def test_space_refuses_example_dicoms_that_are_not_phantoms(tmp_path):
+    space_dir = tmp_path / "space_src"
+    (space_dir / "examples").mkdir(parents=True)
+    for name in ("app.py", "README.md", "requirements.txt"):
+        (space_dir / name).write_text("---\nsdk: gradio\n---\n" if name == "README.md" else "")
+    write_ct_dicom(space_dir / "examples" / "ok.dcm", np.zeros((8, 8)), patient_id="PHANTOM-000-0001")
+    write_ct_dicom(space_dir / "examples" / "scan.dcm", np.zeros((8, 8)), patient_id="JOHN-DOE-1970")
+    with pytest.raises(ValueError, match="scan.dcm") as refused:
+        stage_space(tmp_path / "out", model_id="me/pdac-ln", space_dir=space_dir)
+    assert "JOHN-DOE" not in str(refused.value)
+    assert not (tmp_path / "out").exists()
+
+
+# --- pushing --------------------------------------------------------------------------------------------------------
+
+
+def test_push_without_network_fails_in_one_line_and_never_shows_the_token(tiny_model_dir, eval_dir, tmp_path):
+    args = ["--model", str(tiny_model_dir), "--eval", str(eval_dir), "--repo-id", "me/pdac-ln", "--trained-on", "phantom"]
+    cases = {
+        "offline": {"HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "1"},
+        "no token": {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"},
+        "unreachable": {"HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"},
+    }
+    outputs = {}
+    for case, env in cases.items():
+        workdir = tmp_path / case.replace(" ", "_")
+        workdir.mkdir()
+        result = run_cli(args, env, workdir)
+        outputs[case] = result
+        assert result.returncode == 1, (case, result.stdout, result.stderr)
+        assert FAKE_TOKEN not in result.stdout + result.stderr
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, (case, result.stderr)
+        # a push stages into a temporary folder: nothing is left in the working folder
+        assert {p.name for p in workdir.iterdir()} <= {"hf_home"}, case
+    assert "HF_HUB_OFFLINE" in outputs["offline"].stderr
+    assert "no Hugging Face token" in outputs["no token"].stderr
+    assert "pushing to model me/pdac-ln failed" in outputs["unreachable"].stderr
+    assert "staged model repo" in outputs["unreachable"].stdout  # it got as far as the network call
+
+
+class RecordingHfApi:
+    """Stands in for HfApi: records calls; `fail_with` makes upload_folder raise that message."""
+
+    calls = []
+    fail_with = None
+
+    def __init__(self, token=None):
+        self.calls.append(("init", {"token_given": token == FAKE_TOKEN}))
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+
+    def create_branch(self, repo_id, **kwargs):
+        self.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
+
+    def upload_folder(self, **kwargs):
+        if self.fail_with:
+            raise RuntimeError(self.fail_with)
+        files = sorted(str(p.relative_to(kwargs["folder_path"])) for p in Path(kwargs["folder_path"]).rglob("*") if p.is_file())
+        self.calls.append(("upload_folder", {**kwargs, "files": files}))
+        from huggingface_hub import CommitInfo
+
+        oid = "0123456789abcdef0123456789abcdef01234567" if kwargs.get("repo_type") == "model" else "f" * 40
+        return CommitInfo(commit_url=f"https://hf.co/{kwargs['repo_id']}/commit/{oid}", commit_message="",
+                          commit_description="", oid=oid)
+
+    def add_space_variable(self, repo_id, key, value):
+        self.calls.append(("add_space_variable", {"repo_id": repo_id, key: value}))
+
+
+@needs_space
+def test_push_honours_flags_and_wires_the_space_to_the_model_commit(tiny_model_dir, eval_dir, tmp_path, monkeypatch, capsys):
+    RecordingHfApi.calls, RecordingHfApi.fail_with = [], None
+    monkeypatch.setattr(push_module, "HfApi", RecordingHfApi)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr(push_module.constants, "is_offline_mode", lambda: False)
+    argv = ["--model", str(tiny_model_dir), "--eval", str(eval_dir), "--repo-id", "me/pdac-ln", "--trained-on", "phantom",
+            "--private", "--revision", "v1", "--space-id", "me/pdac-ln-demo", "--stage-dir", str(tmp_path / "out")]
+    assert main(argv) == 0
+    calls = [(name, kw) for name, kw in RecordingHfApi.calls if name != "init"]
+    assert all(kw["token_given"] for name, kw in RecordingHfApi.calls if name == "init")
+    create_model, branch, upload_model, create_space, upload_space, *variables = calls
+    assert create_model == ("create_repo", {"repo_id": "me/pdac-ln", "repo_type": "model", "private": True,
+                                            "exist_ok": True, "space_sdk": None})
+    assert branch == ("create_branch", {"repo_id": "me/pdac-ln", "branch": "v1", "repo_type": "model", "exist_ok": True})
+    assert upload_model[1]["revision"] == "v1" and upload_model[1]["create_pr"] is False
+    assert "AUC 0.910, 95% CI 0.840-0.970" in upload_model[1]["commit_message"]
+    assert "model.safetensors" in upload_model[1]["files"]
+    assert create_space[1]["repo_type"] == "space" and create_space[1]["space_sdk"] == "gradio"
+    assert "app.py" in upload_space[1]["files"] and "modeling/explain.py" in upload_space[1]["files"]
+    assert variables == [("add_space_variable", {"repo_id": "me/pdac-ln-demo", "MODEL_ID": "me/pdac-ln"}),
+                         ("add_space_variable", {"repo_id": "me/pdac-ln-demo",
+                                                 "MODEL_REVISION": "0123456789abcdef0123456789abcdef01234567"})]
+    out = capsys.readouterr()
+    assert FAKE_TOKEN not in out.out + out.err
+    assert (tmp_path / "out" / "README.md").is_file() and (tmp_path / "out-space" / "app.py").is_file()
+
+
+def test_push_error_is_one_line_with_the_token_blanked(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    RecordingHfApi.calls = []
+    RecordingHfApi.fail_with = f"401 Unauthorized\nrequest headers: authorization: Bearer {FAKE_TOKEN}"
+    monkeypatch.setattr(push_module, "HfApi", RecordingHfApi)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr(push_module.constants, "is_offline_mode", lambda: False)
+    argv = ["--model", str(tiny_model_dir), "--repo-id", "me/pdac-ln", "--trained-on", "phantom", "--create-pr"]
+    assert main(argv) == 1
+    out = capsys.readouterr()
+    assert FAKE_TOKEN not in out.out + out.err
+    assert out.err == "error: pushing to model me/pdac-ln failed: RuntimeError: 401 Unauthorized request headers: authorization: Bearer ***\n"
