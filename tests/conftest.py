@@ -49,3 +49,56 @@ def prepared_dataset(phantom_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("prepared") / "ds"
     prepare_dataset(phantom_dir / "manifest.csv", path, size=TINY_SIZE, seed=0, num_workers=1)
     return path
+
+
+def write_tiny_prepared(path, size=32, patients=(12, 5, 6), slices_per_patient=2, seed=0):
+    """A prepared dataset (training.prepare's schema) without DICOM I/O: positives carry a bright disc.
+
+    `patients` per split (train, validation, test), half of them metastatic (all their slices); the
+    validation split has an odd slice count so two processes need a padded last batch.
+    """
+    import json
+
+    import datasets
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    features = datasets.Features({
+        "image": datasets.Array2D((size, size), "float32"),
+        "label": datasets.ClassLabel(names=["non_metastatic", "metastatic"]),
+        "patient_id": datasets.Value("string"), "source": datasets.Value("string"),
+        "mask": datasets.Array2D((size, size), "uint8"), "has_mask": datasets.Value("bool"),
+    })
+    splits = {}
+    for split, n_patients in zip(("train", "validation", "test"), patients):
+        rows = {name: [] for name in features}
+        for p in range(n_patients):
+            label = p % 2
+            for s in range(slices_per_patient if not (split == "validation" and p == 0) else 1):
+                image = rng.uniform(0.1, 0.4, (size, size)).astype(np.float32)
+                cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+                disc = ((yy - cy) ** 2 + (xx - cx) ** 2) <= (size // 6) ** 2
+                if label:
+                    image[disc] = 0.9
+                rows["image"].append(image)
+                rows["label"].append(label)
+                rows["patient_id"].append(f"{split}-{p:02d}")
+                rows["source"].append(f"{split}/{p:02d}_{s}.dcm")
+                rows["mask"].append((disc & bool(label)).astype(np.uint8))
+                rows["has_mask"].append(bool(label))
+        splits[split] = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(path))
+    train_images = np.stack(splits["train"]["image"])
+    info = {"window_center": 60.0, "window_width": 400.0, "size": size, "seed": seed,
+            "image_mean": [float(train_images.mean())] * 3, "image_std": [float(train_images.std())] * 3,
+            "counts": {}, "n_bad_files": 0}
+    with open(f"{path}/prepare_info.json", "w") as handle:
+        json.dump(info, handle)
+    return path
+
+
+@pytest.fixture(scope="session")
+def signal_dataset(tmp_path_factory):
+    """`write_tiny_prepared` at 32 px: 24 train, 9 validation, 12 test slices; learnable in a few epochs."""
+    return write_tiny_prepared(tmp_path_factory.mktemp("signal") / "ds")

@@ -1,0 +1,368 @@
+"""Fine-tune the dual-attention ResNet on a prepared dataset with Accelerate: the paper's protocol.
+
+    accelerate launch -m training.train --data DS --output-dir RUN [--config training/configs/paper.yaml]
+    python -m training.train --data DS --output-dir RUN [...]          (one process)
+
+Settings resolve in one place, in this order: `DEFAULTS` (the paper's protocol), the YAML file given
+with --config, then every flag given on the command line. Writes:
+
+- `RUN/best/`: `save_pretrained` of the model with the best validation AUC, and its processor (window
+  and training-split mean/std);
+- `RUN/history.json`: per epoch train loss, validation loss, validation AUC, learning rate, seconds;
+- `RUN/loss_curve.png`, `RUN/config.yaml` (the resolved settings);
+- `RUN/state/`: Accelerate state after every epoch; `--resume` continues from it after a kill.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from accelerate.utils import DataLoaderConfiguration, set_seed  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from modeling import DualAttentionResNetConfig, DualAttentionResNetForImageClassification  # noqa: E402
+from training.data import load_prepared, processor_from_info, torch_splits  # noqa: E402
+
+# The paper's protocol (../shared/METHOD.md); training/configs/paper.yaml spells the same values out.
+DEFAULTS = {
+    "data": None,
+    "output_dir": None,
+    "backbone": "resnet50",
+    "attention": "dual",
+    "frozen_stages": 2,
+    "dropout": 0.5,
+    "pretrained_backbone": True,
+    "backbone_weights": None,
+    "image_size": 224,
+    "augment": True,
+    "epochs": 30,
+    "batch_size": 32,
+    "lr": 1e-4,
+    "weight_decay": 1e-5,
+    "lr_factor": 0.5,
+    "lr_patience": 5,
+    "early_stopping_patience": 10,
+    "seed": 0,
+    "mixed_precision": "no",
+    "gradient_accumulation_steps": 1,
+    "num_workers": None,  # None: 0 on CPU (the model needs the cores), up to 8 on GPU
+    "report_to": None,
+    "resume": False,
+}
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; `main` prints it as one line."""
+
+
+class BackboneWeightsError(RuntimeError):
+    """ImageNet weights could not be loaded (offline, or a bad --backbone-weights file)."""
+
+
+def resolve_config(overrides: Optional[dict] = None, config_path: Optional[str] = None) -> dict:
+    """DEFAULTS <- YAML file <- `overrides` (None values ignored, so unset CLI flags change nothing).
+
+    `overrides` may itself name the YAML file under the key "config".
+    """
+    overrides = dict(overrides or {})
+    config_path = overrides.pop("config", None) or config_path
+    config = dict(DEFAULTS)
+    layers = []
+    if config_path:
+        try:
+            with open(config_path) as handle:
+                layers.append((config_path, yaml.safe_load(handle) or {}))
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"cannot read config {config_path}: {error}") from error
+    layers.append(("arguments", {k: v for k, v in overrides.items() if v is not None}))
+    for origin, layer in layers:
+        unknown = sorted(set(layer) - set(DEFAULTS))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {unknown} in {origin}; known: {sorted(DEFAULTS)}")
+        config.update(layer)
+    for key in ("data", "output_dir"):
+        if not config[key]:
+            raise ConfigError(f"`{key}` is required (--{key.replace('_', '-')})")
+    return config
+
+
+def build_model(config: dict) -> DualAttentionResNetForImageClassification:
+    """A fresh model for these settings, ImageNet-initialised unless `pretrained_backbone` is false."""
+    model_config = DualAttentionResNetConfig(
+        backbone=config["backbone"],
+        attention=config["attention"],
+        dropout=config["dropout"],
+        frozen_stages=config["frozen_stages"],
+        image_size=config["image_size"],
+    )
+    model = DualAttentionResNetForImageClassification(model_config)
+    if config["pretrained_backbone"]:
+        try:
+            model.dual_attention_resnet.load_backbone_weights(config["backbone_weights"])
+        except (RuntimeError, FileNotFoundError) as error:
+            raise BackboneWeightsError(str(error)) from error
+    return model
+
+
+@dataclass
+class TrainingProgress:
+    """Everything `--resume` needs besides weights, optimizer, scheduler and RNG states.
+
+    Registered with Accelerate, so `save_state` / `load_state` carry it. Model selection is by
+    validation AUC (the paper's); early stopping watches validation loss, like the LR scheduler.
+    """
+
+    history: list = field(default_factory=list)
+    best_epoch: int = 0
+    best_auc: float = -math.inf
+    best_val_loss: float = math.inf
+    epochs_without_improvement: int = 0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+    def record(self, entry: dict) -> bool:
+        """Appends one epoch's entry; returns True when it is the new best by validation AUC."""
+        self.history.append(entry)
+        if entry["val_loss"] < self.best_val_loss:
+            self.best_val_loss = entry["val_loss"]
+            self.epochs_without_improvement = 0
+        else:
+            self.epochs_without_improvement += 1
+        auc = entry["val_auc"] if not math.isnan(entry["val_auc"]) else -math.inf
+        if self.best_epoch == 0 or auc > self.best_auc:
+            self.best_epoch, self.best_auc = entry["epoch"], auc
+            return True
+        return False
+
+    def should_stop(self, patience: int) -> bool:
+        return self.epochs_without_improvement >= patience
+
+
+def validate(model, loader, accelerator) -> dict:
+    """Validation loss (BCE) and AUC over the whole split, each sample counted once across processes."""
+    model.eval()
+    logits, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            batch_logits = model(pixel_values=batch["pixel_values"]).logits.float().view(-1)
+            # gather_for_metrics drops the samples that were repeated to even out the last batch
+            batch_logits, batch_labels = accelerator.gather_for_metrics((batch_logits, batch["labels"]))
+            logits.append(batch_logits.cpu())
+            labels.append(batch_labels.cpu())
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float()).item()
+    both_classes = labels.unique().numel() == 2
+    auc = roc_auc_score(labels.numpy(), torch.sigmoid(logits).numpy()) if both_classes else float("nan")
+    return {"val_loss": loss, "val_auc": float(auc)}
+
+
+def sync_buffers(model, accelerator) -> None:
+    """Give every process the main process's BatchNorm statistics.
+
+    Each process updates running statistics on its own batches; DDP broadcasts them only before a
+    training forward, so without this the processes would validate with different models.
+    """
+    if accelerator.num_processes > 1:
+        for buffer in accelerator.unwrap_model(model).buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
+def plot_history(history: list, best_epoch: int, path: str) -> None:
+    """Train/validation loss and validation AUC per epoch, best epoch marked."""
+    epochs = [entry["epoch"] for entry in history]
+    figure, (loss_axis, auc_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axis.plot(epochs, [e["train_loss"] for e in history], marker="o", label="train")
+    loss_axis.plot(epochs, [e["val_loss"] for e in history], marker="o", label="validation")
+    loss_axis.set(xlabel="epoch", ylabel="BCE loss", title="Loss")
+    loss_axis.legend()
+    auc_axis.plot(epochs, [e["val_auc"] for e in history], marker="o", color="tab:green")
+    auc_axis.set(xlabel="epoch", ylabel="AUC-ROC", title="Validation AUC", ylim=(0.0, 1.02))
+    for axis in (loss_axis, auc_axis):
+        axis.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def default_num_workers(device: torch.device) -> int:
+    return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+
+
+def train(config) -> str:
+    """Runs the protocol described by `config` (a dict of `DEFAULTS` keys, optionally with "config":
+    a YAML path) and returns the run folder, which holds `best/`."""
+    config = resolve_config(config)
+    run_dir = os.fspath(config["output_dir"])
+    state_dir = os.path.join(run_dir, "state")
+    accelerator = Accelerator(
+        mixed_precision=config["mixed_precision"],
+        gradient_accumulation_steps=config["gradient_accumulation_steps"],
+        log_with=config["report_to"],
+        project_dir=run_dir,
+        # Shuffling from seed + epoch: every process agrees, and a resumed run shuffles as an unbroken one.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config["seed"]),
+        # ReduceLROnPlateau steps once per epoch on the validation loss, not with the optimizer.
+        step_scheduler_with_optimizer=False,
+    )
+    set_seed(config["seed"])
+    dataset_dict, info = load_prepared(config["data"])
+    missing = {"train", "validation"} - set(dataset_dict)
+    if missing:
+        raise ConfigError(f"{config['data']} has no {sorted(missing)} split(s); run training.prepare first")
+    splits = torch_splits(dataset_dict, info, augment=config["augment"], image_size=config["image_size"])
+    processor = processor_from_info(info, config["image_size"])
+    model = build_model(config)
+    channels_last = accelerator.device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=config["lr"], weight_decay=config["weight_decay"]
+    )
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config["lr_factor"], patience=config["lr_patience"]
+    )
+    num_workers = config["num_workers"]
+    if num_workers is None:
+        num_workers = default_num_workers(accelerator.device)
+    loader_options = {
+        "batch_size": config["batch_size"],
+        "num_workers": num_workers,
+        "persistent_workers": num_workers > 0,
+        "pin_memory": accelerator.device.type == "cuda",
+    }
+    train_loader = DataLoader(splits["train"], shuffle=True, **loader_options)
+    val_loader = DataLoader(splits["validation"], shuffle=False, **loader_options)
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler
+    )
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+    if config["resume"]:
+        if os.path.isdir(state_dir):
+            accelerator.load_state(state_dir)
+            accelerator.print(f"resumed from {state_dir} after epoch {len(progress.history)}")
+        else:
+            accelerator.print(f"--resume: no saved state in {state_dir}; starting from epoch 1")
+
+    if accelerator.is_main_process:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "config.yaml"), "w") as handle:
+            yaml.safe_dump({**config, "data": os.fspath(config["data"]), "output_dir": run_dir}, handle, sort_keys=False)
+    if config["report_to"]:
+        accelerator.init_trackers("train", config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()})
+
+    for epoch in range(len(progress.history) + 1, config["epochs"] + 1):
+        if progress.should_stop(config["early_stopping_patience"]):
+            break
+        started = time.perf_counter()
+        train_loader.set_epoch(epoch)
+        model.train()
+        loss_sum = torch.zeros((), device=accelerator.device)
+        sample_count = torch.zeros((), device=accelerator.device)
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{config['epochs']}", disable=not accelerator.is_local_main_process, leave=False)
+        for batch in bar:
+            pixel_values = batch["pixel_values"]
+            if channels_last:
+                pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+            with accelerator.accumulate(model):
+                loss = model(pixel_values=pixel_values, labels=batch["labels"]).loss
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            loss_sum += loss.detach().float() * len(batch["labels"])
+            sample_count += len(batch["labels"])
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        train_loss = (accelerator.reduce(loss_sum) / accelerator.reduce(sample_count)).item()
+        sync_buffers(model, accelerator)
+        entry = {"epoch": epoch, "train_loss": train_loss, **validate(model, val_loader, accelerator)}
+        scheduler.step(entry["val_loss"])
+        entry["lr"] = optimizer.param_groups[0]["lr"]
+        entry["time_s"] = time.perf_counter() - started
+        is_best = progress.record(entry)
+        if is_best and accelerator.is_main_process:
+            accelerator.unwrap_model(model).save_pretrained(os.path.join(run_dir, "best"))
+            processor.save_pretrained(os.path.join(run_dir, "best"))
+        accelerator.save_state(state_dir)
+        if accelerator.is_main_process:
+            with open(os.path.join(run_dir, "history.json"), "w") as handle:
+                json.dump({"best_epoch": progress.best_epoch, "epochs": progress.history}, handle, indent=2)
+            plot_history(progress.history, progress.best_epoch, os.path.join(run_dir, "loss_curve.png"))
+        accelerator.log({k: v for k, v in entry.items() if k != "epoch"}, step=epoch)
+        accelerator.print(
+            f"epoch {epoch}: train loss {train_loss:.4f}, val loss {entry['val_loss']:.4f}, "
+            f"val AUC {entry['val_auc']:.4f}, lr {entry['lr']:.2e}, {entry['time_s']:.1f} s" + (" (best)" if is_best else "")
+        )
+    if progress.should_stop(config["early_stopping_patience"]):
+        accelerator.print(
+            f"early stopping: validation loss has not improved for {progress.epochs_without_improvement} epochs"
+        )
+    accelerator.print(f"best epoch {progress.best_epoch} (val AUC {progress.best_auc:.4f}) -> {os.path.join(run_dir, 'best')}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run_dir
+
+
+def parse_args(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # Every default is None: unset flags leave DEFAULTS and the YAML file in charge (resolve_config).
+    parser.add_argument("--data", help="prepared dataset folder (training.prepare --output)")
+    parser.add_argument("--output-dir", help="run folder: best/, history.json, loss_curve.png, state/")
+    parser.add_argument("--config", help=f"YAML settings, e.g. {os.path.join(CONFIG_DIR, 'paper.yaml')}")
+    parser.add_argument("--backbone", help="timm model name (default resnet50)")
+    parser.add_argument("--attention", choices=["dual", "channel", "spatial", "none"])
+    parser.add_argument("--frozen-stages", type=int, help="backbone stages frozen, stem included (default 2)")
+    parser.add_argument("--dropout", type=float)
+    parser.add_argument("--no-pretrained-backbone", dest="pretrained_backbone", action="store_false", default=None,
+                        help="random backbone initialisation instead of ImageNet weights")
+    parser.add_argument("--backbone-weights", help="local timm checkpoint with ImageNet weights (offline machines)")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int, help="per process")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--lr-factor", type=float, help="ReduceLROnPlateau factor (default 0.5)")
+    parser.add_argument("--lr-patience", type=int, help="ReduceLROnPlateau patience in epochs (default 5)")
+    parser.add_argument("--early-stopping-patience", type=int, help="epochs without a lower validation loss (default 10)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--gradient-accumulation-steps", type=int)
+    parser.add_argument("--num-workers", type=int, help="DataLoader workers (default: 0 on CPU, up to 8 on GPU)")
+    parser.add_argument("--report-to", choices=["tensorboard"], help="experiment tracking (logs under RUN/)")
+    parser.add_argument("--resume", action="store_true", default=None, help="continue from RUN/state/")
+    return vars(parser.parse_args(argv))
+
+
+def main(argv=None) -> str:
+    try:
+        return train(parse_args(argv))
+    except (ConfigError, BackboneWeightsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
