@@ -58,7 +58,7 @@ def check_ct_slice(ds: "pydicom.Dataset", frame: Optional[int] = None) -> None:
     if modality != "CT":
         raise ValueError(f"modality is {modality}, not CT")
     if "PixelData" not in ds:
-        raise ValueError("the DICOM file has no pixel data")
+        raise ValueError("the DICOM file has no pixel data (not an image, or truncated before them)")
     samples = int(ds.get("SamplesPerPixel", 1))
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if samples != 1 or photometric not in _MONOCHROME:

@@ -1,0 +1,116 @@
+"""Every input that is not one greyscale CT slice is refused with a one-line reason a user can act on."""
+
+import re
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import JPEG2000Lossless, SecondaryCaptureImageStorage
+
+from modeling import CTImageProcessor
+from modeling.ct_dicom import read_ct_hu
+from training.dicom_writer import ct_dataset, write_ct_dicom
+
+HU = (np.arange(64, dtype=np.float64).reshape(8, 8) * 10) - 200
+
+
+def _refusal(source, **kwargs):
+    """The ValueError message for `source`, checked to be one line; the processor refuses it the same way."""
+    with pytest.raises(ValueError) as info:
+        read_ct_hu(source, **kwargs)
+    message = str(info.value)
+    assert message and "\n" not in message
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        CTImageProcessor()(source, **kwargs)
+    return message
+
+
+def test_a_text_file_is_not_dicom(tmp_path):
+    path = tmp_path / "notes.dcm"
+    path.write_text("patient notes, not an image\n" * 20)
+    assert _refusal(path) == "not a DICOM file (no DICM header)"
+
+
+def test_an_empty_file(tmp_path):
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    assert _refusal(tmp_path / "empty.dcm") == "empty file (0 bytes)"
+
+
+def test_a_missing_file(tmp_path):
+    assert _refusal(tmp_path / "nowhere.dcm") == f"no such file: {tmp_path / 'nowhere.dcm'}"
+
+
+@pytest.mark.parametrize(
+    ("cut_from_end", "expected"),
+    [
+        # pydicom reads a header cut short without complaint; what is lost is the pixel data.
+        (64 * 64 * 2 + 100, "the DICOM file has no pixel data (not an image, or truncated before them)"),
+        (64 * 64 * 2 + 3, "unreadable DICOM file, truncated or corrupt (error)"),
+        (1000, "pixel data is truncated or corrupt (ValueError)"),
+    ],
+    ids=["cut-in-header", "cut-in-pixel-data-tag", "cut-in-pixels"],
+)
+def test_a_truncated_file(tmp_path, cut_from_end, expected):
+    data = open(write_ct_dicom(tmp_path / "full.dcm", np.zeros((64, 64))), "rb").read()
+    (tmp_path / "cut.dcm").write_bytes(data[:-cut_from_end])
+    assert _refusal(tmp_path / "cut.dcm") == expected
+
+
+def test_mr_modality_is_named():
+    path = get_testdata_file("MR_small.dcm", download=False)  # bundled with pydicom: a real MR slice
+    assert pydicom.dcmread(path).Modality == "MR"
+    assert _refusal(path) == "modality is MR, not CT"
+
+
+def test_missing_modality():
+    ds = ct_dataset(HU)
+    del ds.Modality
+    assert _refusal(ds) == "no Modality tag; expected a CT image"
+
+
+def test_no_pixel_data():
+    ds = ct_dataset(HU)
+    del ds.PixelData
+    assert _refusal(ds) == "the DICOM file has no pixel data (not an image, or truncated before them)"
+
+
+def test_rgb_secondary_capture_is_refused_as_colour():
+    ds = ct_dataset(HU)
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.zeros((8, 8, 3), dtype=np.uint8).tobytes()
+    assert _refusal(ds) == "colour image (RGB, 3 samples per pixel); expected greyscale CT"
+
+
+def _two_frames():
+    ds = ct_dataset(HU)
+    ds.NumberOfFrames = 2
+    second = HU + 100
+    ds.PixelData = np.concatenate([HU + 1024, second + 1024]).astype(np.uint16).tobytes()
+    return ds, second
+
+
+def test_multi_frame_needs_a_chosen_frame():
+    ds, second = _two_frames()
+    assert _refusal(ds) == "multi-frame image (2 frames); choose one with frame=N"
+    assert _refusal(ds, frame=2) == "frame 2 out of range; the image has 2 frame(s)"
+    np.testing.assert_array_equal(read_ct_hu(ds, frame=1), second)
+
+
+def test_missing_decoder_names_the_transfer_syntax_and_the_package(tmp_path, monkeypatch):
+    hu = np.tile(HU, (8, 8))  # OpenJPEG refuses images too small for its resolution levels
+    ds = ct_dataset(hu, rescale_intercept=0.0, signed=True)
+    ds.compress(JPEG2000Lossless)
+    path = tmp_path / "j2k.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    np.testing.assert_array_equal(read_ct_hu(path), hu)
+
+    # As on a machine without pylibjpeg-openjpeg or Pillow's JPEG 2000 support: no plugin left.
+    monkeypatch.setattr(get_decoder(JPEG2000Lossless), "_available", {})
+    assert _refusal(path) == (
+        "no decoder installed for transfer syntax JPEG 2000 Image Compression (Lossless Only) "
+        "(1.2.840.10008.1.2.4.90): pip install pylibjpeg pylibjpeg-openjpeg"
+    )

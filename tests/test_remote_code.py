@@ -1,0 +1,120 @@
+"""A saved model works as Hub remote code: loaded in a process that never imports this repo's packages."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modeling import CTImageProcessor, DualAttentionResNetForImageClassification
+from training.dicom_writer import write_ct_dicom
+
+CODE_FILES = {
+    "configuration_dual_attention_resnet.py",
+    "modeling_dual_attention_resnet.py",
+    "attention.py",
+    "image_processing_ct.py",
+    "ct_dicom.py",
+}
+
+# Runs in a fresh interpreter from an empty folder. `sys.modules[name] = None` makes any import of the
+# repo's packages fail, so everything below must come from the files save_pretrained copied.
+USER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["modeling"] = None
+    sys.modules["training"] = None
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
+
+    model_dir, dicom_path, png_path, out_path = sys.argv[1:]
+    model = AutoModelForImageClassification.from_pretrained(model_dir, trust_remote_code=True)
+    base = AutoModel.from_pretrained(model_dir, trust_remote_code=True)
+    processor = AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    classifier = pipeline("image-classification", model=model_dir, trust_remote_code=True)
+    with torch.no_grad():
+        dicom_pixels = processor(dicom_path, return_tensors="pt")["pixel_values"]
+        png_pixels = processor(Image.open(png_path), return_tensors="pt")["pixel_values"]
+        results = {
+            "dicom_pixels": dicom_pixels,
+            "dicom_logits": model(dicom_pixels).logits,
+            "dicom_pooled": base(dicom_pixels).pooler_output,
+            "png_logits": model(png_pixels).logits,
+        }
+    torch.save(results, out_path)
+    print(json.dumps({
+        "pipeline": classifier(png_path),
+        "modules": [type(obj).__module__ for obj in (model, base, processor)],
+        "repo_imported": [name for name in ("modeling", "training") if sys.modules.get(name) is not None],
+    }))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def remote_run(tiny_model_dir, tmp_path_factory):
+    """Writes a CT DICOM and a windowed PNG, runs USER_SCRIPT on them; returns (paths, tensors, report)."""
+    work = tmp_path_factory.mktemp("remote_user")
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-300, 400, size=(96, 96)).round()
+    dicom_path = write_ct_dicom(work / "slice.dcm", hu)
+    png_path = work / "slice.png"
+    Image.fromarray(rng.integers(0, 256, size=(80, 80), dtype=np.uint8)).save(png_path)
+    script = work / "user.py"
+    script.write_text(USER_SCRIPT)
+    out_path = work / "results.pt"
+
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(work / "hf_modules"))
+    completed = subprocess.run(
+        [sys.executable, str(script), str(tiny_model_dir), dicom_path, str(png_path), str(out_path)],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    return {"dicom": dicom_path, "png": png_path}, torch.load(out_path), report
+
+
+def test_saved_folder_holds_code_auto_map_and_window(tiny_model_dir):
+    files = set(os.listdir(tiny_model_dir))
+    assert CODE_FILES | {"config.json", "model.safetensors", "preprocessor_config.json"} <= files
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor"}
+    processor_config = json.loads((tiny_model_dir / "preprocessor_config.json").read_text())
+    assert (processor_config["window_center"], processor_config["window_width"]) == (60.0, 400.0)
+    assert processor_config["auto_map"]["AutoImageProcessor"] == "image_processing_ct.CTImageProcessor"
+
+
+def test_remote_code_never_imports_the_repo(remote_run):
+    _, _, report = remote_run
+    assert report["repo_imported"] == []
+    assert all(module.startswith("transformers_modules.") for module in report["modules"]), report["modules"]
+
+
+def test_remote_code_gives_the_repo_classes_numbers_on_a_dicom(remote_run, tiny_model_dir):
+    paths, remote, _ = remote_run
+    model = DualAttentionResNetForImageClassification.from_pretrained(tiny_model_dir)
+    processor = CTImageProcessor.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        pixels = processor(paths["dicom"])["pixel_values"]
+        logits = model(pixels).logits
+        pooled = model.dual_attention_resnet(pixels).pooler_output
+
+    assert pixels.shape == (1, 3, 64, 64)
+    torch.testing.assert_close(remote["dicom_pixels"], pixels, rtol=0, atol=0)
+    torch.testing.assert_close(remote["dicom_logits"], logits)
+    torch.testing.assert_close(remote["dicom_pooled"], pooled)
+    torch.testing.assert_close(torch.sigmoid(remote["dicom_logits"]), torch.sigmoid(logits))
+
+
+def test_pipeline_score_for_metastatic_is_the_sigmoid_of_the_logit(remote_run):
+    _, remote, report = remote_run
+    [prediction] = report["pipeline"]
+    assert prediction["label"] == "metastatic"
+    assert prediction["score"] == pytest.approx(torch.sigmoid(remote["png_logits"]).item(), abs=1e-6)
