@@ -8,8 +8,8 @@ loops (air or oral contrast), a few small benign mesenteric nodes, and one lymph
 peripancreatic fat:
 
 - non-metastatic: small (short axis 4-9 mm), oval, with a fatty hilum;
-- metastatic: enlarged (short axis 15-28 mm), round, irregular margin, no hilum, usually (75 %) a
-  necrotic low-density centre.
+- metastatic: enlarged (short axis 20-32 mm, a bulky node, so that a short CPU training run learns it),
+  round, irregular margin, no hilum, usually (85 %) a necrotic low-density centre in an enhancing rim.
 
 The node is the only class signal. Body size, fat, organ sizes and contrast vary at random so that the
 mean intensity of a slice, or of the body, does not give the class away (AUC near 0.5), while a small
@@ -56,7 +56,7 @@ HU = {
     "bone_marrow": 230.0,
     "csf": 10.0,
     "node": 50.0,
-    "necrosis": 15.0,
+    "necrosis": 5.0,
 }
 
 
@@ -115,9 +115,9 @@ def _patient_anatomy(rng: np.random.Generator) -> Dict[str, float]:
 def _node(rng: np.random.Generator, metastatic: bool, anatomy: Dict[str, float]) -> Node:
     """The node of interest: in the fat just anterior to the pancreas, clear of the vessels."""
     if metastatic:
-        short = rng.uniform(15, 28)
-        long = short * rng.uniform(1.0, 1.12)
-        necrosis = rng.uniform(0.35, 0.6) if rng.random() < 0.75 else 0.0
+        short = rng.uniform(20, 32)
+        long = short * rng.uniform(1.0, 1.1)
+        necrosis = rng.uniform(0.4, 0.65) if rng.random() < 0.85 else 0.0
         amplitude = rng.uniform(0.06, 0.14)
     else:
         short = rng.uniform(4, 9)
@@ -151,7 +151,7 @@ def _paint_node(canvas: Canvas, node: Node, rng: np.random.Generator, node_hu: f
         wobble = sum(np.sin(k * theta + phase) for k, phase in zip((3, 5, 7), node.margin_phases)) / 3
         radius = radius / (1 + node.margin_amplitude * wobble)
     mask = radius <= 1.0
-    canvas.paint(mask, node_hu)
+    canvas.paint(mask, node_hu + (15 if node.metastatic else 0))  # viable tumour enhances a little more
     if node.necrosis_fraction:
         canvas.paint(radius <= node.necrosis_fraction, HU["necrosis"] + rng.normal(0, 5))
     if not node.metastatic:  # fatty hilum: a fat wedge entering from one end of the long axis

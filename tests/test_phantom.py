@@ -1,0 +1,108 @@
+"""The CT phantom: real CT DICOMs, plausible HU, masks on the node, deterministic, class not in mean intensity."""
+
+import csv
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from modeling.ct_dicom import read_ct_hu, read_dicom
+from training.phantom import FIELD_OF_VIEW_MM, generate_phantom, main
+
+
+def manifest_rows(folder):
+    with open(folder / "manifest.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def file_digests(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_manifest_lists_every_slice_with_class_folders_and_patients(phantom_dir):
+    rows = manifest_rows(phantom_dir)
+    assert len(rows) == 24
+    assert {row["label"] for row in rows} == {"metastatic", "non_metastatic"}
+    for row in rows:
+        assert row["path"].startswith(row["label"] + "/") and row["path"].endswith(".dcm")
+        assert (phantom_dir / row["path"]).is_file() and (phantom_dir / row["mask_path"]).is_file()
+    labels_of_patient = {}
+    for row in rows:
+        labels_of_patient.setdefault(row["patient_id"], set()).add(row["label"])
+    assert len(labels_of_patient) == 12  # 2 slices per patient
+    assert all(len(labels) == 1 for labels in labels_of_patient.values())
+
+
+def test_slices_are_ct_dicoms_with_the_patients_pseudonym(phantom_dir):
+    row = manifest_rows(phantom_dir)[0]
+    ds = read_dicom(phantom_dir / row["path"])
+    assert ds.Modality == "CT"
+    assert ds.PatientID == row["patient_id"] and ds.PatientID.startswith("PHANTOM-")
+    assert (ds.Rows, ds.Columns) == (96, 96)
+    assert [float(v) for v in ds.PixelSpacing] == pytest.approx([FIELD_OF_VIEW_MM / 96] * 2)
+    assert float(ds.RescaleIntercept) == -1024.0
+    other = read_dicom(phantom_dir / manifest_rows(phantom_dir)[1]["path"])
+    assert other.StudyInstanceUID == ds.StudyInstanceUID and other.SOPInstanceUID != ds.SOPInstanceUID
+
+
+def test_hounsfield_values_are_plausible(tmp_path):
+    generate_phantom(tmp_path, n_per_class=1, seed=3, image_size=192, progress=False)
+    row = manifest_rows(tmp_path)[0]
+    hu = read_ct_hu(tmp_path / row["path"])
+    assert hu[:8, :8].mean() == pytest.approx(-1000, abs=30)  # air outside the body
+    assert hu.max() > 400  # bone
+    body = hu > -500
+    fat = ((hu > -150) & (hu < -50) & body).mean() / body.mean()
+    soft = ((hu > 20) & (hu < 130) & body).mean() / body.mean()
+    contrast = ((hu > 150) & (hu < 260)).sum()
+    assert fat > 0.15 and soft > 0.2 and contrast > 100
+
+
+@pytest.mark.parametrize("label", ["metastatic", "non_metastatic"])
+def test_masks_lie_on_a_node_in_fat_with_the_class_size(phantom_dir, label):
+    from scipy.ndimage import binary_dilation
+
+    for row in [r for r in manifest_rows(phantom_dir) if r["label"] == label]:
+        hu = read_ct_hu(phantom_dir / row["path"])
+        mask = np.asarray(Image.open(phantom_dir / row["mask_path"])) > 0
+        assert mask.shape == hu.shape
+        spacing = FIELD_OF_VIEW_MM / hu.shape[0]
+        diameter_mm = 2 * np.sqrt(mask.sum() / np.pi) * spacing
+        ring = binary_dilation(mask, iterations=2) & ~mask
+        assert np.median(hu[ring]) < -30, "the node sits in fat"
+        if label == "metastatic":
+            assert diameter_mm > 13
+            assert np.percentile(hu[mask], 90) > 20  # enhancing soft-tissue rim
+        else:
+            assert 2 < diameter_mm < 12
+
+
+def test_same_seed_same_files_other_seed_other_files(tmp_path):
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        generate_phantom(tmp_path / name, n_per_class=2, seed=seed, image_size=48, progress=False)
+    assert file_digests(tmp_path / "a") == file_digests(tmp_path / "b")
+    assert file_digests(tmp_path / "a") != file_digests(tmp_path / "c")
+
+
+def test_mean_intensity_does_not_give_the_class_away(tmp_path):
+    generate_phantom(tmp_path, n_per_class=20, seed=0, image_size=64, slices_per_patient=1, progress=False)
+    rows = manifest_rows(tmp_path)
+    labels = [row["label"] == "metastatic" for row in rows]
+    means = [np.clip(read_ct_hu(tmp_path / row["path"]), -140, 260).mean() for row in rows]
+    assert 0.25 < roc_auc_score(labels, means) < 0.75
+
+
+def test_cli_writes_the_contract_layout(tmp_path, capsys):
+    manifest = main([str(tmp_path / "out"), "--n-per-class", "2", "--seed", "1", "--image-size", "32"])
+    assert manifest == str(tmp_path / "out" / "manifest.csv")
+    assert len(list((tmp_path / "out" / "metastatic").glob("*.dcm"))) == 2
+    assert len(list((tmp_path / "out" / "non_metastatic").glob("*.dcm"))) == 2
+    assert "4 synthetic CT slices" in capsys.readouterr().out
+
+
+def test_rejects_an_empty_phantom(tmp_path):
+    with pytest.raises(ValueError, match="n_per_class"):
+        generate_phantom(tmp_path, n_per_class=0)
