@@ -1,0 +1,181 @@
+"""python -m modeling.predict: a folder mixing good and bad files, labels at the model's threshold, exit codes."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SIZE, tiny_model
+from PIL import Image
+
+from modeling import CTImageProcessor
+from modeling.ct_dicom import read_ct_hu
+from modeling.predict import hu_warning, main
+from training.dicom_writer import ct_dataset, write_ct_dicom
+
+ROOT = Path(__file__).resolve().parents[1]
+PATIENT_ID = "DOE^JANE-4711"  # a realistic tag that must not leak into the CSV or the image names
+
+
+def slice_hu(seed: int) -> np.ndarray:
+    """A 96 px abdominal-looking slice in HU: air outside an ellipse of soft tissue, a brighter organ."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:96, :96] / 96
+    hu = np.where(((yy - 0.5) / 0.4) ** 2 + ((xx - 0.5) / 0.45) ** 2 <= 1, 40.0, -1000.0)
+    cy, cx = rng.uniform(0.35, 0.65, 2)
+    hu[(yy - cy) ** 2 + (xx - cx) ** 2 <= 0.01] = 180.0
+    return np.maximum(hu + rng.normal(0, 10, hu.shape), -1024.0)  # scanners clip air at -1024
+
+
+def probability_of(model, processor, path) -> float:
+    with torch.no_grad():
+        logits = model(processor(read_ct_hu(path), return_tensors="pt")["pixel_values"]).logits
+    return float(torch.sigmoid(logits[0, 0]))
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory):
+    """Two good CT slices (one without extension, in a sub-folder), an MR image, a truncated DICOM, a text
+    file, and hidden files that are skipped."""
+    folder = tmp_path_factory.mktemp("mixed")
+    (folder / "series" / ".cache").mkdir(parents=True)
+    write_ct_dicom(folder / "a.dcm", slice_hu(0), patient_id=PATIENT_ID)
+    write_ct_dicom(folder / "series" / "IM0001", slice_hu(1), patient_id=PATIENT_ID)
+    mr = ct_dataset(slice_hu(2), patient_id=PATIENT_ID)
+    mr.Modality = "MR"
+    mr.save_as(folder / "mr.dcm", enforce_file_format=True)
+    write_ct_dicom(folder / "truncated.dcm", slice_hu(3), patient_id=PATIENT_ID)
+    data = (folder / "truncated.dcm").read_bytes()
+    (folder / "truncated.dcm").write_bytes(data[: len(data) // 2])
+    (folder / "notes.txt").write_text("not an image\n")
+    (folder / ".DS_Store").write_bytes(b"\0\1\2")
+    (folder / "series" / ".cache" / "IM0001").write_bytes(b"cache")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(mixed_folder, tmp_path_factory):
+    """The tiny model with its operating threshold between the two good slices' probabilities."""
+    model = tiny_model()
+    processor = CTImageProcessor(size=TINY_SIZE, image_mean=[0.3] * 3, image_std=[0.25] * 3)
+    low, high = sorted(probability_of(model, processor, mixed_folder / name) for name in ("a.dcm", "series/IM0001"))
+    assert low < high
+    model.config.decision_threshold = (low + high) / 2
+    path = tmp_path_factory.mktemp("model")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def read_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_mixed_folder_gives_a_row_per_file_errors_for_bad_ones_and_exit_status_1(mixed_folder, model_dir, tmp_path):
+    output, explain_dir = tmp_path / "out.csv", tmp_path / "explained"
+
+    status = main([str(mixed_folder), "--model", str(model_dir), "--output", str(output), "--explain-dir", str(explain_dir), "--batch-size", "2"])
+
+    assert status == 1
+    rows = read_rows(output)
+    assert list(rows[0]) == ["path", "status", "probability", "label", "error", "warning", "explanation"]
+    by_name = {Path(row["path"]).relative_to(mixed_folder).as_posix(): row for row in rows}
+    assert list(by_name) == ["a.dcm", "mr.dcm", "notes.txt", "truncated.dcm", "series/IM0001"]
+    assert by_name["mr.dcm"]["error"] == "modality is MR, not CT"
+    assert by_name["notes.txt"]["error"] == "not a DICOM file (no DICM header)"
+    assert "truncated" in by_name["truncated.dcm"]["error"]
+    for name in ("mr.dcm", "notes.txt", "truncated.dcm"):
+        assert by_name[name]["status"] == "error"
+        assert by_name[name]["probability"] == by_name[name]["label"] == by_name[name]["explanation"] == ""
+
+    import transformers
+
+    model = transformers.AutoModelForImageClassification.from_pretrained(model_dir, trust_remote_code=True).eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    threshold = model.config.decision_threshold
+    labels = set()
+    for name in ("a.dcm", "series/IM0001"):
+        row = by_name[name]
+        expected = probability_of(model, processor, mixed_folder / name)
+        assert row["status"] == "ok" and row["error"] == "" and row["warning"] == ""
+        assert float(row["probability"]) == pytest.approx(expected, abs=1e-6)
+        assert row["label"] == ("metastatic" if expected >= threshold else "non_metastatic")
+        labels.add(row["label"])
+        # slice | attention | Grad-CAM, each panel at least 256 px wide, under a caption
+        with Image.open(explain_dir / row["explanation"]) as image:
+            assert image.mode == "RGB" and image.width == 3 * 256 + 2 * 8 and image.height > 256
+    assert labels == {"metastatic", "non_metastatic"}  # the threshold sits between the two
+    assert sorted(p.name for p in explain_dir.iterdir()) == sorted(by_name[n]["explanation"] for n in ("a.dcm", "series/IM0001"))
+
+    for text in (output.read_text(), " ".join(p.name for p in explain_dir.iterdir())):
+        assert "DOE" not in text and "4711" not in text
+
+
+def test_predictions_do_not_depend_on_batching(mixed_folder, model_dir, tmp_path):
+    runs = {}
+    for batch_size in ("1", "16"):
+        output = tmp_path / f"out{batch_size}.csv"
+        assert main([str(mixed_folder / "a.dcm"), str(mixed_folder / "series"), "--model", str(model_dir), "--output", str(output), "--batch-size", batch_size]) == 0
+        runs[batch_size] = read_rows(output)
+
+    assert [row["path"] for row in runs["1"]] == [str(mixed_folder / "a.dcm"), str(mixed_folder / "series" / "IM0001")]
+    for one, many in zip(runs["1"], runs["16"]):
+        assert float(one["probability"]) == pytest.approx(float(many["probability"]), abs=1e-5)
+        assert one["explanation"] == ""
+
+
+@pytest.mark.parametrize(
+    "argv_tail, message",
+    [
+        (["--output", "out.csv"], "the following arguments are required: --model"),
+        (["--model", "m", "--output", "out.csv", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--model", "m", "--output", "out.csv", "no/such/folder"], "no such file or folder: no/such/folder"),
+    ],
+)
+def test_usage_errors_exit_with_status_2_and_say_why(mixed_folder, argv_tail, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main([str(mixed_folder / "a.dcm"), *argv_tail])
+
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_folder_that_is_not_a_model_is_a_usage_error(mixed_folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main([str(mixed_folder / "a.dcm"), "--model", str(tmp_path), "--output", str(tmp_path / "out.csv")])
+
+    assert raised.value.code == 2
+    assert f"cannot load model '{tmp_path}'" in capsys.readouterr().err
+
+
+def test_hu_warning_flags_uncalibrated_values_and_ignores_padding():
+    hu = slice_hu(0)
+    assert hu_warning(ct_dataset(hu), hu) == ""
+
+    raw = ct_dataset(hu)  # stored values (HU + 1024) without the tags that calibrate them
+    del raw.RescaleIntercept, raw.RescaleSlope
+    assert hu_warning(raw, read_ct_hu(raw)).startswith("no RescaleIntercept and no negative values")
+
+    wrong_slope = ct_dataset(hu)
+    wrong_slope.RescaleSlope = 25  # stored values around 1000 now read as about 25 000 HU
+    assert hu_warning(wrong_slope, read_ct_hu(wrong_slope)).endswith("HU: check RescaleSlope/RescaleIntercept")
+
+    padded = hu.copy()
+    padded[:, :30] = -3024.0  # the constant fill outside the scan circle is not a calibration problem
+    assert hu_warning(ct_dataset(padded, signed=True), padded) == ""
+
+
+def test_command_line_entry_point_on_a_mixed_folder(mixed_folder, model_dir, tmp_path):
+    output = tmp_path / "out.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "modeling.predict", str(mixed_folder), "--model", str(model_dir), "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "2 predicted, 3 refused" in result.stderr
+    assert [row["status"] for row in read_rows(output)] == ["ok", "error", "error", "error", "ok"]
