@@ -52,21 +52,26 @@ def auto_map_modules(auto_map: dict) -> Set[str]:
     return modules
 
 
+def absolute_imports(script: Path) -> Set[str]:
+    """Dotted names a script imports absolutely; `from a import b` gives both "a" and "a.b"."""
+    names = set()
+    for node in ast.walk(ast.parse(script.read_text(), filename=str(script))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
 def script_modules(script: Path) -> Set[str]:
     """Files of `modeling/` that a script (e.g. the Space's app.py) imports, `__init__` included."""
     modules = set()
-    for node in ast.walk(ast.parse(script.read_text(), filename=str(script))):
-        if isinstance(node, ast.Import):
-            dotted = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            dotted = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        else:
+    for name in absolute_imports(script):
+        parts = name.split(".")
+        if parts[0] != PACKAGE:
             continue
-        for name in dotted:
-            parts = name.split(".")
-            if parts[0] != PACKAGE:
-                continue
-            modules.add("__init__")  # importing anything from the package runs its __init__
-            if len(parts) > 1 and (MODELING_DIR / f"{parts[1]}.py").is_file():
-                modules.add(parts[1])
+        modules.add("__init__")  # importing anything from the package runs its __init__
+        if len(parts) > 1 and (MODELING_DIR / f"{parts[1]}.py").is_file():
+            modules.add(parts[1])
     return modules

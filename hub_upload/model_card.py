@@ -6,6 +6,7 @@ processor config and the run's settings: numbers and names of settings, never da
 patient identifiers.
 """
 
+import math
 import re
 from pathlib import Path
 from typing import Optional
@@ -42,13 +43,23 @@ ATTENTION_TEXT = {
 }
 
 
-def format_value(key: str, value: float) -> str:
+def is_number(value) -> bool:
+    """False for the None (or NaN) that evaluate writes where a metric is undefined, e.g. precision
+    when nothing was called metastatic."""
+    return isinstance(value, (int, float)) and not math.isnan(value)
+
+
+def format_value(key: str, value) -> str:
     """AUC as a fraction, everything else as a percentage, as the paper reports them."""
+    if not is_number(value):
+        return "undefined"
     return f"{value:.3f}" if key == "auc_roc" else f"{100 * value:.1f} %"
 
 
 def format_interval(key: str, metric: dict) -> str:
     """`{"value", "ci_low", "ci_high"}` -> "87.3 % (80.1 % to 93.0 %)"."""
+    if not is_number(metric["value"]):
+        return "undefined"
     return (
         f"{format_value(key, metric['value'])} "
         f"({format_value(key, metric['ci_low'])} to {format_value(key, metric['ci_high'])})"
@@ -67,9 +78,15 @@ def localisation_rows(localisation: Optional[dict]) -> list:
         for key, label in LOCALISATION_METRICS:
             metric = ((localisation or {}).get(method) or {}).get(key)
             if metric:
-                text = f"{metric['value']:.3f} ({metric['ci_low']:.3f} to {metric['ci_high']:.3f})"
+                text = f"{metric['value']:.3f} ({interval_text(metric, ' to ')})" if is_number(metric["value"]) else "undefined"
                 rows.append({"method": name, "label": label, "text": text})
     return rows
+
+
+def interval_text(metric: dict, separator: str = "-") -> str:
+    """The 95 % interval of a fraction, "0.700-0.850"."""
+    low, high = metric["ci_low"], metric["ci_high"]
+    return f"{low:.3f}{separator}{high:.3f}" if is_number(low) and is_number(high) else "undefined"
 
 
 def eval_results(metrics: dict, synthetic: bool) -> list:
@@ -89,6 +106,8 @@ def eval_results(metrics: dict, synthetic: bool) -> list:
             if key not in block:
                 continue
             metric = block[key]
+            if not is_number(metric["value"]):
+                continue  # the model-index holds numbers only; the card's table says "undefined"
             results.append(
                 EvalResult(
                     task_type="image-classification",
@@ -96,7 +115,7 @@ def eval_results(metrics: dict, synthetic: bool) -> list:
                     dataset_split=metrics.get("split", "test"),
                     metric_type=metric_type,
                     metric_value=metric["value"],
-                    metric_name=f"{label}, {level} (95% CI {metric['ci_low']:.3f}-{metric['ci_high']:.3f})",
+                    metric_name=f"{label}, {level} (95% CI {interval_text(metric)})",
                     metric_config=level,
                     metric_args={
                         "threshold": metrics["threshold"],

@@ -1,12 +1,16 @@
 """What a model was trained on, for the model card: synthetic phantom or real CT, and how much.
 
-Read from the run, never from the user's memory: RUN/config.yaml (written by training.train) names
-the prepared dataset, whose prepare_info.json holds the split counts. The phantom is recognised by
-its patient pseudonyms ("PHANTOM-0007", see training/dicom_writer.py), read from the dataset's
-`patient_id` column; they are compared, never printed or written. `--trained-on` overrides.
+Read from the run: RUN/config.yaml (written by training.train) names the prepared dataset, whose
+prepare_info.json holds the split counts. Phantom slices are recognised by the phantom's pseudonym
+("PHANTOM-000-0007", training/phantom.py), which names its files and, with a manifest, its patients;
+the dataset's `source` and `patient_id` columns are compared, never printed or written.
+
+Auto-detection only ever concludes "phantom". A card that says a model was trained on patient data
+is a claim the publisher makes with `--trained-on real`.
 """
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -15,9 +19,9 @@ PHANTOM_PATIENT_PREFIX = "PHANTOM-"
 TRAINED_ON_CHOICES = ("auto", "phantom", "real")
 # Settings worth a line on the card. Anything else in config.yaml (paths above all) stays out.
 CARD_SETTINGS = (
-    "epochs", "batch_size", "lr", "weight_decay", "seed", "image_size", "frozen_stages",
-    "pretrained_backbone", "no_pretrained_backbone", "early_stopping_patience", "scheduler_patience",
-    "scheduler_factor", "mixed_precision",
+    "backbone", "attention", "pretrained_backbone", "frozen_stages", "dropout", "image_size", "augment",
+    "epochs", "batch_size", "lr", "weight_decay", "lr_factor", "lr_patience", "early_stopping_patience",
+    "seed", "mixed_precision",
 )
 
 
@@ -47,14 +51,14 @@ def read_run_config(model_dir: Path) -> dict:
 
 
 def is_phantom_dataset(data_dir: Path) -> bool:
-    """True when every patient in every split carries the phantom's pseudonym."""
+    """True when every slice of every split comes from a phantom file or patient."""
     import datasets
 
     dataset_dict = datasets.load_from_disk(str(data_dir))
     return all(
-        str(patient).startswith(PHANTOM_PATIENT_PREFIX)
+        os.path.basename(str(source)).startswith(PHANTOM_PATIENT_PREFIX) or str(patient).startswith(PHANTOM_PATIENT_PREFIX)
         for split in dataset_dict.values()
-        for patient in split["patient_id"]
+        for source, patient in zip(split["source"], split["patient_id"])
     )
 
 
@@ -78,4 +82,6 @@ def read_provenance(model_dir, trained_on: str = "auto", data_dir=None) -> Train
             f"cannot tell what {model_dir} was trained on (no prepared dataset found via RUN/config.yaml); "
             "pass --data DS or --trained-on phantom|real"
         )
-    return TrainingProvenance(is_phantom_dataset(Path(data_dir)), counts, settings)
+    if not is_phantom_dataset(Path(data_dir)):
+        raise ValueError(f"{data_dir} is not (only) the synthetic phantom; pass --trained-on real to publish it as such")
+    return TrainingProvenance(True, counts, settings)

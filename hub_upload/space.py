@@ -1,5 +1,7 @@
 """Staging the Gradio Space: `space/` plus the `modeling/` files app.py imports, wired to the model.
 
+What ships: app.py, README.md, requirements.txt, `examples/`, the sibling modules app.py imports and
+the `modeling/` files it imports (relative imports followed); not helper scripts or local leftovers.
 The Space finds its model through the environment app.py reads (MODEL_ID, MODEL_REVISION), which
 the push sets as Space variables; the README's `models:` entry links the Space to the model repo.
 Example DICOMs ship publicly, so each must carry a phantom pseudonym as its PatientID.
@@ -11,13 +13,13 @@ from pathlib import Path
 from huggingface_hub import SpaceCard
 
 from .atomic import atomic_directory
-from .code_files import MODELING_DIR, PACKAGE, module_closure, script_modules
+from .code_files import MODELING_DIR, PACKAGE, absolute_imports, module_closure, script_modules
 from .provenance import PHANTOM_PATIENT_PREFIX
 
 SPACE_DIR = MODELING_DIR.parent / "space"
 REQUIRED_FILES = ("app.py", "README.md", "requirements.txt")
-# Local leftovers of running the app, never part of the Space.
-IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "flagged", ".gradio", "gradio_cached_examples")
+EXAMPLES = "examples"
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 
 
 def check_examples_are_synthetic(folder: Path) -> None:
@@ -41,7 +43,14 @@ def check_space_source(space_dir=SPACE_DIR) -> None:
     for name in REQUIRED_FILES:
         if not (space_dir / name).is_file():
             raise FileNotFoundError(f"{space_dir / name} not found; the Space needs {', '.join(REQUIRED_FILES)}")
-    check_examples_are_synthetic(space_dir)
+    if (space_dir / EXAMPLES).is_dir():
+        check_examples_are_synthetic(space_dir / EXAMPLES)
+
+
+def space_files(space_dir: Path) -> list:
+    """File names at the top of `space_dir` that ship: the required ones and modules app.py imports."""
+    siblings = {name.split(".")[0] for name in absolute_imports(space_dir / "app.py")}
+    return list(REQUIRED_FILES) + sorted(f"{name}.py" for name in siblings if (space_dir / f"{name}.py").is_file())
 
 
 def stage_space(stage_dir, *, model_id: str, space_dir=SPACE_DIR, overwrite: bool = False) -> Path:
@@ -51,7 +60,10 @@ def stage_space(stage_dir, *, model_id: str, space_dir=SPACE_DIR, overwrite: boo
     modeling_files = [f"{name}.py" for name in module_closure(script_modules(space_dir / "app.py"))]
 
     with atomic_directory(stage_dir, overwrite=overwrite) as building:
-        shutil.copytree(space_dir, building, ignore=IGNORED, dirs_exist_ok=True)
+        for name in space_files(space_dir):
+            shutil.copyfile(space_dir / name, building / name)
+        if (space_dir / EXAMPLES).is_dir():
+            shutil.copytree(space_dir / EXAMPLES, building / EXAMPLES, ignore=IGNORED)
         (building / PACKAGE).mkdir()
         for name in modeling_files:
             shutil.copyfile(MODELING_DIR / name, building / PACKAGE / name)

@@ -6,6 +6,7 @@ or to a recording stand-in for `HfApi`.
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from hub_upload import push as push_module
 from hub_upload.__main__ import main
 from hub_upload.space import SPACE_DIR
 from modeling import CTImageProcessor
-from tests.conftest import TINY_SIZE, tiny_model
+from tests.conftest import TINY_SIZE, tiny_model, write_tiny_prepared
 from training.dicom_writer import write_ct_dicom
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,8 @@ def write_eval(folder: Path) -> dict:
         "operating_point": {"threshold": 0.5, "target_sensitivity": 0.95, "chosen_on": "validation"},
         **six_metrics(0.0), "confusion_matrix": [[4, 2], [1, 5]],
         "at_0.5": {"threshold": 0.5, **six_metrics(-0.02), "confusion_matrix": [[4, 2], [1, 5]]},
-        "patient_level": {"n": 6, **six_metrics(0.01)},
+        # undefined metrics are written as null (precision when no patient was called metastatic)
+        "patient_level": {"n": 6, **six_metrics(0.01), "precision": {"value": None, "ci_low": None, "ci_high": None}},
         "calibration": {"ece": 0.083, "brier": 0.171},
         "localisation": {
             "n": 5, "attention": None,
@@ -218,12 +220,15 @@ def test_card_metadata_parses_and_carries_the_metrics(staged, eval_dir):
     hub_names = {"auc_roc": "roc_auc"}
     for level, block in (("slice-level", metrics), ("patient-level", metrics["patient_level"])):
         for key in ("accuracy", "precision", "recall", "specificity", "f1", "auc_roc"):
+            if block[key]["value"] is None:
+                assert (level, key) not in results  # the model-index holds numbers only
+                continue
             result = results[(level, hub_names.get(key, key))]
             assert result.metric_value == block[key]["value"]
             assert (result.metric_args["ci_low"], result.metric_args["ci_high"]) == (block[key]["ci_low"], block[key]["ci_high"])
             assert result.metric_args["threshold"] == metrics["threshold"]
             assert result.dataset_split == "test"
-    assert len(results) == 12
+    assert len(results) == 11
 
 
 def test_card_text_reports_results_and_says_synthetic(staged):
@@ -231,6 +236,7 @@ def test_card_text_reports_results_and_says_synthetic(staged):
     # headline slice-level accuracy 0.81 (0.70 to 0.90), patient-level AUC 0.92 (0.85 to 0.97)
     assert "| Accuracy | 81.0 % (70.0 % to 90.0 %) |" in text
     assert "| AUC-ROC | 0.920 (0.850 to 0.970) |" in text
+    assert "| Precision | undefined |" in text and "| Precision | 78.0 % (64.0 % to 89.0 %) |" in text
     assert "Trained and evaluated on synthetic data only" in text
     assert "not a medical device" in text
     assert "Expected calibration error 0.083, Brier score 0.171" in text
@@ -252,43 +258,70 @@ def test_card_without_eval_says_so_and_real_data_is_not_called_synthetic(tiny_mo
     assert not (out / "evaluation").exists()
 
 
-def prepared_dataset(folder: Path, patient_ids) -> Path:
-    """A DatasetDict with the agreed patient_id column, plus prepare_info.json."""
-    columns = {"label": [i % 2 for i in range(len(patient_ids))], "patient_id": list(patient_ids)}
-    datasets.DatasetDict({split: datasets.Dataset.from_dict(columns) for split in ("train", "validation", "test")}
-                         ).save_to_disk(str(folder))
-    counts = {split: {"slices": len(patient_ids), "patients": len(set(patient_ids)), "positives": len(patient_ids) // 2}
-              for split in ("train", "validation", "test")}
-    (folder / "prepare_info.json").write_text(json.dumps({"counts": counts, "seed": 0}))
-    return folder
+def test_training_data_is_read_from_the_run(tiny_model_dir, prepared_dataset, phantom_dir, tmp_path):
+    from training.prepare import prepare_dataset
 
-
-def test_training_data_is_read_from_the_run(tiny_model_dir, tmp_path):
-    phantom_ds = prepared_dataset(tmp_path / "phantom_ds", ["PHANTOM-000-0001", "PHANTOM-000-0002"])
-    real_ds = prepared_dataset(tmp_path / "real_ds", ["PHANTOM-000-0001", "HOSP-1234"])
+    # the phantom prepared from its folders: patient IDs become salted hashes, file names keep the pseudonym
+    phantom_from_folders = tmp_path / "phantom_folders_ds"
+    prepare_dataset(phantom_dir, phantom_from_folders, size=TINY_SIZE, seed=0, num_workers=1)
+    other_ds = write_tiny_prepared(tmp_path / "other_ds")  # patients "train-00", ...: not the phantom
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
     for name in ("config.json", "preprocessor_config.json", "model.safetensors"):
         (run / "best" / name).write_bytes((tiny_model_dir / name).read_bytes())
-    (run / "config.yaml").write_text(f"data: {phantom_ds}\nepochs: 3\nlr: 0.0001\noutput_dir: /secret/run\n")
+    (run / "config.yaml").write_text(
+        f"data: {prepared_dataset}\nepochs: 3\nlr: 0.0001\npretrained_backbone: false\n"
+        "backbone_weights: /secret/weights.pth\noutput_dir: /secret/run\n"
+    )
     Image.new("RGB", (8, 8), "white").save(run / "loss_curve.png")
 
     provenance = read_provenance(run / "best")
     assert provenance.synthetic is True
-    assert provenance.settings == {"epochs": 3, "lr": 0.0001}  # paths never reach the card
-    assert provenance.counts["test"] == {"slices": 2, "patients": 2, "positives": 1}
-    assert read_provenance(run / "best", data_dir=real_ds).synthetic is False  # one real patient is enough
+    assert provenance.settings == {"pretrained_backbone": False, "epochs": 3, "lr": 0.0001}  # no paths
+    expected_counts = json.loads((prepared_dataset / "prepare_info.json").read_text())["counts"]
+    assert provenance.counts == expected_counts
+    assert read_provenance(run / "best", data_dir=phantom_from_folders).synthetic is True
+    # only the publisher can say a model was trained on patients
+    with pytest.raises(ValueError, match="--trained-on real"):
+        read_provenance(run / "best", data_dir=other_ds)
+    assert read_provenance(run / "best", "real", data_dir=other_ds).synthetic is False
 
-    out = stage_model_repo(run / "best", tmp_path / "out", repo_id="me/pdac-ln", provenance=read_provenance(run / "best", data_dir=real_ds))
+    out = stage_model_repo(run / "best", tmp_path / "out", repo_id="me/pdac-ln", provenance=provenance)
     text = (out / "README.md").read_text()
-    assert "| test | 2 | 2 | 1 |" in text
+    test_counts = expected_counts["test"]
+    assert f"| test | {test_counts['slices']} | {test_counts['patients']} | {test_counts['positives']} |" in text
+    assert "| `pretrained_backbone` | False |" in text
     assert (out / "evaluation" / "loss_curve.png").is_file() and "](evaluation/loss_curve.png)" in text
-    for secret in ("HOSP-1234", "PHANTOM-000", "/secret/run", str(real_ds)):
-        assert all(secret not in p.read_text(errors="ignore") for p in out.rglob("*") if p.suffix in (".md", ".json", ".py"))
+    patient_ids = set(datasets.load_from_disk(str(prepared_dataset))["test"]["patient_id"])
+    for path in out.rglob("*"):
+        if path.suffix in (".md", ".json", ".py"):
+            content = path.read_text()
+            assert not [pid for pid in patient_ids if pid in content], path
+            assert "/secret/" not in content and str(prepared_dataset) not in content, path
 
     (run / "config.yaml").write_text("epochs: 3\n")
     with pytest.raises(ValueError, match="--trained-on"):
         read_provenance(run / "best")
+
+
+def test_stages_what_training_evaluate_writes(tiny_model_dir, prepared_dataset, tmp_path):
+    """The real evaluate's metrics.json and figures go through staging into the model-index."""
+    from training.evaluate import evaluate
+
+    model_dir = tmp_path / "run" / "best"
+    shutil.copytree(tiny_model_dir, model_dir)  # evaluate writes the operating threshold into config.json
+    metrics = evaluate(model_dir, prepared_dataset, output_dir=tmp_path / "eval", resamples=20)
+    out = stage_model_repo(model_dir, tmp_path / "out", repo_id="me/pdac-ln", provenance=PHANTOM,
+                           eval_dir=tmp_path / "eval")
+
+    card = ModelCard.load(out / "README.md")
+    slice_auc = next(r for r in card.data.eval_results if r.metric_type == "roc_auc" and r.metric_config == "slice-level")
+    assert slice_auc.metric_value == metrics["auc_roc"]["value"]
+    assert slice_auc.metric_args["threshold"] == metrics["threshold"]
+    assert json.loads((out / "config.json").read_text())["decision_threshold"] == metrics["threshold"]
+    assert f"probability >= {metrics['threshold']}, the model's `config.decision_threshold`" in card.text
+    assert {p.name for p in (out / "evaluation").iterdir()} == {
+        "metrics.json", "roc_curve.png", "confusion_matrix.png", "reliability_diagram.png"}
 
 
 # --- staging never half-writes ---------------------------------------------------------------------------------------
@@ -340,6 +373,8 @@ def test_staged_space_imports_its_own_modeling_and_serves_the_staged_model(stage
     assert {"app.py", "requirements.txt", "README.md", "modeling/__init__.py", "modeling/explain.py",
             "modeling/ct_dicom.py"} <= files
     assert not [name for name in files if "__pycache__" in name or name.endswith(PICKLE_SUFFIXES)]
+    assert {f"examples/{p.name}" for p in (SPACE_DIR / "examples").glob("*.dcm")} <= files
+    assert not {"make_examples.py", "app.pyi", "modeling/predict.py"} & files  # helpers app.py does not import
     card = SpaceCard.load(space / "README.md")
     assert card.data.sdk == "gradio" and "me/pdac-ln" in card.data.models
 
