@@ -69,7 +69,7 @@ def predict_probabilities(model, split, batch_size: int = 32, desc: str = "predi
     return np.concatenate(probabilities).astype(np.float64)
 
 
-def localisation(model, split, raw_split, processor, batch_size: int = 16) -> Optional[dict]:
+def localisation(model, split, raw_split, resamples: int, seed: int) -> Optional[dict]:
     """Attention / Grad-CAM localisation on positive slices that have lesion masks, or None if there are none."""
     rows = [i for i, (label, has_mask) in enumerate(zip(raw_split["label"], raw_split["has_mask"])) if label == 1 and has_mask]
     if not rows:
@@ -81,9 +81,8 @@ def localisation(model, split, raw_split, processor, batch_size: int = 16) -> Op
         return None
     pixel_values = torch.stack([split[i]["pixel_values"] for i in rows])
     masks = torch.as_tensor(np.stack([np.asarray(raw_split[i]["mask"]) for i in rows]))
-    if masks.shape[-1] != processor.size:
-        masks = torch.nn.functional.interpolate(masks[:, None].float(), size=(processor.size,) * 2, mode="nearest")[:, 0]
-    return localisation_metrics(model, pixel_values, masks.to(torch.uint8), batch_size=batch_size)
+    patients = [raw_split[i]["patient_id"] for i in rows]
+    return localisation_metrics(model, pixel_values, masks, patient_ids=patients, resamples=resamples, seed=seed)
 
 
 def plot_roc(labels, probabilities, threshold: float, auc: float, path: str) -> None:
@@ -142,6 +141,17 @@ def write_predictions(path: str, raw_split, probabilities, threshold: float) -> 
             writer.writerow([i, source, patient, label, f"{p:.6f}", int(p >= threshold)])
 
 
+def json_safe(value):
+    """NaN (a metric undefined on this split) -> None, so metrics.json is strict JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
 def _metric_table(rows: dict) -> str:
     """Markdown table: one column per entry of `rows` ({column title: metrics with intervals})."""
     header = "| metric | " + " | ".join(rows) + " |\n|---|" + "---|" * len(rows) + "\n"
@@ -196,7 +206,13 @@ def write_report(path: str, metrics: dict, model_dir: str, data: str) -> None:
     if loc is None:
         lines.append("Not measured: no positive slices with lesion masks in this split (or no localisation module).")
     else:
-        lines += [f"{loc['n']} positive slices with lesion masks.", "", "| map | metric | value (95 % CI) |", "|---|---|---|"]
+        lines += [
+            f"{loc['n']} positive slices with lesion masks. Chance levels: energy in mask "
+            f"{loc['mask_area_fraction']:.3f} (a uniform map), pointing game {loc['pointing_chance']:.3f} (a random point).",
+            "",
+            "| map | metric | value (95 % CI) |",
+            "|---|---|---|",
+        ]
         for method in ("attention", "gradcam"):
             for name, value in (loc.get(method) or {}).items():
                 if isinstance(value, dict) and "value" in value:
@@ -228,11 +244,11 @@ def evaluate(
     """Evaluates `model_dir` on `split` of the prepared dataset `data`; writes the files into
     `output_dir` when given and returns the metrics.json content."""
     model_dir, data = os.fspath(model_dir), os.fspath(data)
-    model, processor = load_model(model_dir)
-    dataset_dict, info = load_prepared(data)
+    dataset_dict, info = load_prepared(data)  # before the model: a wrong path fails fast
     for needed in (split, "validation"):
         if needed not in dataset_dict:
             raise ValueError(f"{data} has no {needed!r} split (has {sorted(dataset_dict)})")
+    model, processor = load_model(model_dir)
     splits = model_inputs(dataset_dict, info, processor)
 
     validation_labels = np.asarray(dataset_dict["validation"]["label"])
@@ -267,14 +283,14 @@ def evaluate(
             **metrics_with_intervals(patient_labels, patient_max, patient_ids, threshold, resamples, seed),
         },
         "calibration": calibration(labels, probabilities),
-        "localisation": localisation(model, splits[split], raw, processor),
+        "localisation": localisation(model, splits[split], raw, resamples, seed),
         "bootstrap": {"resamples": resamples, "seed": seed, "unit": "patient"},
     }
     if output_dir is not None:
         output_dir = os.fspath(output_dir)
         os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, "metrics.json"), "w") as handle:
-            json.dump(metrics, handle, indent=2)
+            json.dump(json_safe(metrics), handle, indent=2, allow_nan=False)
         write_predictions(os.path.join(output_dir, "predictions.csv"), raw, probabilities, threshold)
         plot_roc(labels, probabilities, threshold, metrics["auc_roc"]["value"], os.path.join(output_dir, "roc_curve.png"))
         plot_confusion_matrices(

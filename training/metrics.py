@@ -82,15 +82,16 @@ def percentile_interval(values, level: float = 0.95):
 
 
 def _ratio(numerator, denominator):
-    """numerator / denominator with 0 where the denominator is 0 (scikit-learn's zero_division=0)."""
-    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
+    """numerator / denominator, NaN where the denominator is 0: a resample in which a metric is
+    undefined (e.g. precision with no positive calls) is left out of the interval, not counted as 0."""
+    return np.divide(numerator, denominator, out=np.full_like(numerator, np.nan), where=denominator > 0)
 
 
 def weighted_threshold_metrics(labels, scores, threshold: float, weights) -> Dict[str, np.ndarray]:
     """Accuracy, precision, recall, specificity and F1 for many weightings at once.
 
     `weights` `(r, n)` -> each metric `(r,)`. Equal to scikit-learn's functions with `sample_weight`
-    (tests check this); vectorised because calling scikit-learn 6 x 1000 times per interval set
+    wherever the metric is defined (tests check this); vectorised because calling scikit-learn 6 x 1000 times per interval set
     takes tens of seconds.
     """
     labels = np.asarray(labels).astype(bool)
