@@ -41,6 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, help="prepared dataset the model was trained on (default: from RUN/config.yaml)")
     parser.add_argument("--license", default="apache-2.0", help="license id for the model card")
     parser.add_argument("--overwrite", action="store_true", help="replace existing non-empty stage folders")
+    parser.add_argument(
+        "--keep-remote-files", action="store_true",
+        help="keep files already on the Hub that the staged folder lacks (default: delete them in the same commit)",
+    )
     return parser.parse_args(argv)
 
 
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace, workspace: Path) -> None:
     message = args.commit_message or default_commit_message(args.repo_id, args.eval)
     commit = push_folder(
         model_dir, args.repo_id, token=token, commit_message=message,
-        private=args.private, revision=args.revision, create_pr=args.create_pr,
+        private=args.private, revision=args.revision, create_pr=args.create_pr, keep_remote_files=args.keep_remote_files,
     )
     print(f"pushed model: {commit.pr_url or commit.commit_url}")
     if space_dir is None:
@@ -99,6 +103,7 @@ def run(args: argparse.Namespace, workspace: Path) -> None:
     space_commit = push_folder(
         space_dir, args.space_id, token=token, repo_type="space", space_sdk="gradio",
         commit_message=f"Demo for {args.repo_id}@{commit.oid[:8]}", private=args.private, create_pr=args.create_pr,
+        keep_remote_files=args.keep_remote_files,
     )
     print(f"pushed Space: {space_commit.pr_url or space_commit.commit_url}")
     # The Space serves its main branch, so a pull request must not rewire the live app before review.

@@ -27,6 +27,8 @@ METRICS = (
     ("f1", "F1", "f1"),
     ("auc_roc", "AUC-ROC", "roc_auc"),
 )
+# The card's `metrics:` list takes Hub metric ids; specificity has none and stays in the model-index only.
+HUB_METRIC_IDS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 LOCALISATION_METRICS = (("pointing_game", "Pointing game"), ("energy_in_mask", "Energy in mask"))
 # The paper's test-set results (150 slices, no intervals), from ../shared/METHOD.md.
 PAPER_RESULTS = (
@@ -165,7 +167,7 @@ def build_model_card(
         pipeline_tag="image-classification",
         license=license,
         tags=tags,
-        metrics=[metric_type for _, _, metric_type in METRICS],
+        metrics=[metric_type for _, _, metric_type in METRICS if metric_type in HUB_METRIC_IDS],
         model_name=model_name,
         eval_results=eval_results(metrics, provenance.synthetic) if metrics else None,
     )

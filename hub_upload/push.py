@@ -42,12 +42,17 @@ def push_folder(
     revision: Optional[str] = None,
     create_pr: bool = False,
     space_sdk: Optional[str] = None,
+    keep_remote_files: bool = False,
 ) -> CommitInfo:
-    """create_repo (exist_ok) + upload_folder; a branch `revision` is created when missing."""
+    """create_repo (exist_ok) + upload_folder; a branch `revision` is created when missing.
+
+    Unless `keep_remote_files`, files on the Hub that the staged folder lacks (say, an old
+    pytorch_model.bin) are deleted in the same commit, so the repo ends up file for file the folder.
+    """
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk)
-        if revision and revision != "main" and not create_pr:
+        if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
         return api.upload_folder(
             repo_id=repo_id,
@@ -56,6 +61,7 @@ def push_folder(
             revision=revision,
             create_pr=create_pr,
             commit_message=commit_message,
+            delete_patterns=None if keep_remote_files else "*",  # .gitattributes is always kept
         )
     except Exception as error:  # noqa: BLE001 - network, auth and validation errors all end the push
         raise PushError(one_line(f"pushing to {repo_type} {repo_id} failed: {type(error).__name__}: {error}", token)) from None

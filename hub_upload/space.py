@@ -7,6 +7,7 @@ the push sets as Space variables; the README's `models:` entry links the Space t
 Example DICOMs ship publicly, so each must carry a phantom pseudonym as its PatientID.
 """
 
+import importlib.metadata
 import shutil
 from pathlib import Path
 
@@ -70,6 +71,8 @@ def stage_space(stage_dir, *, model_id: str, space_dir=SPACE_DIR, overwrite: boo
         card = SpaceCard.load(building / "README.md")
         card.data.sdk = "gradio"
         card.data.app_file = card.data.app_file or "app.py"
+        # The Gradio the tests ran against, unless the Space's README pins one.
+        card.data.sdk_version = card.data.sdk_version or importlib.metadata.version("gradio")
         card.data.models = sorted(set(card.data.models or []) | {model_id})
         card.save(building / "README.md")
     return Path(stage_dir).resolve()

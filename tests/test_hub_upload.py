@@ -476,6 +476,7 @@ def test_push_honours_flags_and_wires_the_space_to_the_model_commit(tiny_model_d
                                             "exist_ok": True, "space_sdk": None})
     assert branch == ("create_branch", {"repo_id": "me/pdac-ln", "branch": "v1", "repo_type": "model", "exist_ok": True})
     assert upload_model[1]["revision"] == "v1" and upload_model[1]["create_pr"] is False
+    assert upload_model[1]["delete_patterns"] == "*"  # stale remote files (an old pickle) go in the same commit
     assert "AUC 0.910, 95% CI 0.840-0.970" in upload_model[1]["commit_message"]
     assert "model.safetensors" in upload_model[1]["files"]
     assert create_space[1]["repo_type"] == "space" and create_space[1]["space_sdk"] == "gradio"
