@@ -32,6 +32,48 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def demo_server(tiny_model_dir, tmp_path_factory):
+    """`python space/app.py --model <tiny model>` on a free 127.0.0.1 port, shared by the server and browser tests.
+
+    Yields a namespace: `url`, `process`, `upload_dir` (its private GRADIO_TEMP_DIR), `log` (stdout+stderr).
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+    import types
+    import urllib.request
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path_factory.mktemp("demo_server")
+    server = types.SimpleNamespace(url=f"http://127.0.0.1:{port}/", upload_dir=folder / "gradio", log=folder / "log.txt")
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(server.upload_dir)}
+    env.pop("MODEL_ID", None)
+    with open(server.log, "wb") as log:
+        server.process = subprocess.Popen(
+            [sys.executable, "space/app.py", "--model", str(tiny_model_dir), "--port", str(port)],
+            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 180  # a cold import of torch + gradio on a busy CI machine
+    while True:
+        try:
+            urllib.request.urlopen(server.url, timeout=5).close()
+            break
+        except OSError:
+            if server.process.poll() is not None or time.monotonic() > deadline:
+                server.process.kill()
+                pytest.fail(f"demo server did not start:\n{server.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+    yield server
+    server.process.terminate()
+    server.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory):
     """A small CT phantom: 12 slices per class, 2 per patient (12 patients), 96 px native."""
     from training.phantom import generate_phantom

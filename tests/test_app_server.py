@@ -1,0 +1,85 @@
+"""The demo served in a subprocess (`python space/app.py --model ...`), driven over HTTP with gradio_client."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from training.dicom_writer import ct_dataset
+
+IDENTIFYING = {"PatientName": "ROE^RICHARD", "PatientID": "MRN-90817263", "PatientBirthDate": "19540709"}
+
+
+@pytest.fixture(scope="module")
+def client(demo_server):
+    return Client(demo_server.url, verbose=False)
+
+
+def _identified_slice(path):
+    """A 96 x 96 synthetic CT slice whose file carries a name, an ID and a birth date."""
+    yy, xx = np.mgrid[:96, :96]
+    hu = np.where((yy - 48) ** 2 + (xx - 48) ** 2 < 38**2, 40.0, -1000.0)
+    ds = ct_dataset(hu, patient_id="PHANTOM-0002")
+    for keyword, value in IDENTIFYING.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _first_half(path) -> bytes:
+    data = Path(path).read_bytes()
+    return data[: len(data) // 2]
+
+
+def _predict(client, path):
+    return client.predict(handle_file(str(path)), None, None, api_name="/predict")
+
+
+def test_predict_over_http(client, demo_server, tmp_path):
+    label, attention_path, gradcam_path, metadata = _predict(client, _identified_slice(tmp_path / "slice.dcm"))
+
+    confidences = {item["label"]: item["confidence"] for item in label["confidences"]}
+    assert 0.0 <= confidences["metastatic"] <= 1.0
+    assert label["label"] == ("metastatic" if confidences["metastatic"] >= 0.5 else "non-metastatic")
+    assert confidences["non-metastatic"] == pytest.approx(1.0 - confidences["metastatic"])
+    for path in (attention_path, gradcam_path):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.mode == "RGB" and image.size == (96, 96)
+    assert metadata["modality"] == "CT" and metadata["rows"] == 96
+
+    shown = json.dumps(metadata) + json.dumps(label)
+    served_log = demo_server.log.read_text()
+    for value in IDENTIFYING.values():
+        assert value not in shown and value not in served_log
+    assert not list(demo_server.upload_dir.rglob("slice.dcm")), "the upload must be deleted after the request"
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"hello, not an image", "not a DICOM file"),
+        (b"", "empty file"),
+        (_first_half(get_testdata_file("CT_small.dcm")), "pixel data is truncated or corrupt"),
+        (Path(get_testdata_file("MR_small.dcm")).read_bytes(), "modality is MR, not CT"),
+    ],
+)
+def test_bad_files_raise_with_a_reason_and_the_server_stays_up(client, demo_server, tmp_path, content, reason):
+    bad = tmp_path / "upload.dcm"
+    bad.write_bytes(content)
+    with pytest.raises(Exception, match=reason):
+        _predict(client, bad)
+    assert demo_server.process.poll() is None
+    label, *_ = _predict(client, _identified_slice(tmp_path / "after.dcm"))
+    assert label["confidences"]
+
+
+def test_oversized_upload_is_refused(client, demo_server, tmp_path):
+    big = tmp_path / "big.dcm"
+    big.write_bytes(b"\0" * (21 * 1024 * 1024))
+    with pytest.raises(Exception, match="(?i)size|large"):
+        _predict(client, big)
+    assert demo_server.process.poll() is None
