@@ -88,6 +88,21 @@ def _decode_pixels(ds: "pydicom.Dataset", frame: Optional[int]) -> np.ndarray:
         raise ValueError(f"pixel data is truncated or corrupt ({type(error).__name__})") from None
 
 
+def _modality_lut_source(ds: "pydicom.Dataset", frame: Optional[int]) -> "pydicom.Dataset":
+    """The dataset that holds RescaleSlope / RescaleIntercept (or a Modality LUT) for `frame`.
+
+    Enhanced (multi-frame) CT keeps them in the Pixel Value Transformation functional group, per frame
+    or shared, not at the top level where pydicom's `apply_modality_lut` looks.
+    """
+    if "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds:
+        return ds
+    for groups_keyword, index in (("PerFrameFunctionalGroupsSequence", frame or 0), ("SharedFunctionalGroupsSequence", 0)):
+        groups = ds.get(groups_keyword)
+        if groups and index < len(groups) and groups[index].get("PixelValueTransformationSequence"):
+            return groups[index].PixelValueTransformationSequence[0]
+    return ds
+
+
 def read_ct_hu(source, frame: Optional[int] = None) -> np.ndarray:
     """A CT DICOM (path or dataset) -> Hounsfield units, `float32` of shape `(rows, columns)`.
 
@@ -97,4 +112,4 @@ def read_ct_hu(source, frame: Optional[int] = None) -> np.ndarray:
     ds = read_dicom(source)
     check_ct_slice(ds, frame)
     pixels = _decode_pixels(ds, frame)
-    return apply_modality_lut(pixels, ds).astype(np.float32)
+    return apply_modality_lut(pixels, _modality_lut_source(ds, frame)).astype(np.float32)

@@ -36,6 +36,17 @@ def pil_to_unit(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 
+def read_image_file(path) -> np.ndarray:
+    """A PNG/JPEG/TIFF of an already-windowed slice -> `float32` `(h, w)` in [0, 1]; one-line ValueError if unreadable."""
+    if not os.path.isfile(path):
+        raise ValueError(f"no such file: {os.fspath(path)}")
+    try:
+        with Image.open(path) as opened:
+            return pil_to_unit(opened)
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for damaged or non-image files
+        raise ValueError(f"unreadable image file, truncated or not an image ({type(error).__name__})") from None
+
+
 class CTImageProcessor(BaseImageProcessor):
     r"""
     Turns CT slices into `pixel_values` for the dual-attention ResNet.
@@ -93,8 +104,7 @@ class CTImageProcessor(BaseImageProcessor):
                 raise ValueError(f"a numpy image must be a 2-D array in HU, got shape {image.shape}")
             return apply_window(image, center, width)
         if isinstance(image, (str, os.PathLike)) and os.fspath(image).lower().endswith(IMAGE_SUFFIXES):
-            with Image.open(image) as opened:
-                return pil_to_unit(opened)
+            return read_image_file(image)
         if isinstance(image, (str, os.PathLike)) or (pydicom is not None and isinstance(image, pydicom.Dataset)):
             return apply_window(read_ct_hu(image, frame=frame), center, width)
         raise ValueError(

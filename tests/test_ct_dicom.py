@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEG2000Lossless, SecondaryCaptureImageStorage
@@ -114,3 +115,16 @@ def test_missing_decoder_names_the_transfer_syntax_and_the_package(tmp_path, mon
         "no decoder installed for transfer syntax JPEG 2000 Image Compression (Lossless Only) "
         "(1.2.840.10008.1.2.4.90): pip install pylibjpeg pylibjpeg-openjpeg"
     )
+
+
+def test_unreadable_png_files_get_one_line_reasons(tmp_path):
+    (tmp_path / "text.png").write_text("not an image")
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)).save(good)
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:500])  # noise does not compress: cut in the data
+    processor = CTImageProcessor()
+    for name in ("text.png", "cut.png"):
+        with pytest.raises(ValueError, match=r"^unreadable image file, truncated or not an image \(\w+\)$"):
+            processor(tmp_path / name)
+    with pytest.raises(ValueError, match="^no such file: .*missing.png$"):
+        processor(str(tmp_path / "missing.png"))

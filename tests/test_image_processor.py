@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
@@ -97,6 +98,30 @@ def test_monochrome1_is_a_display_flag_and_leaves_hu_unchanged():
     ds.PhotometricInterpretation = "MONOCHROME1"
     np.testing.assert_array_equal(read_ct_hu(ds), hu)
     np.testing.assert_allclose(_unit(UNIT(ds)), _window(hu), atol=1e-6)
+
+
+def _pixel_value_transformation(slope, intercept):
+    group, transform = Dataset(), Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = slope, intercept, "HU"
+    group.PixelValueTransformationSequence = [transform]
+    return group
+
+
+def test_enhanced_multi_frame_ct_takes_the_rescale_from_its_functional_groups():
+    """Stored values 0..255 in two frames; frame 1 has its own slope 2 / intercept -300."""
+    stored = np.arange(256, dtype=np.uint16).reshape(16, 16)
+    ds = ct_dataset(np.zeros((16, 16)))
+    for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType"):
+        delattr(ds, keyword)
+    ds.NumberOfFrames = 2
+    ds.PixelData = np.concatenate([stored, stored]).tobytes()
+    ds.SharedFunctionalGroupsSequence = [_pixel_value_transformation(1, -100)]
+    np.testing.assert_array_equal(read_ct_hu(ds, frame=1), stored - 100.0)
+
+    ds.PerFrameFunctionalGroupsSequence = [_pixel_value_transformation(1, -100), _pixel_value_transformation(2, -300)]
+    np.testing.assert_array_equal(read_ct_hu(ds, frame=0), stored - 100.0)
+    np.testing.assert_array_equal(read_ct_hu(ds, frame=1), stored * 2.0 - 300)
+    np.testing.assert_allclose(_unit(UNIT(ds, frame=1)), _window(stored * 2.0 - 300), atol=1e-6)
 
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless], ids=["rle", "jpeg2000"])
