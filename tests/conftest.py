@@ -144,3 +144,13 @@ def write_tiny_prepared(path, size=32, patients=(12, 5, 6), slices_per_patient=2
 def signal_dataset(tmp_path_factory):
     """`write_tiny_prepared` at 32 px: 24 train, 9 validation, 12 test slices; learnable in a few epochs."""
     return write_tiny_prepared(tmp_path_factory.mktemp("signal") / "ds")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for tiny models: on a shared, oversubscribed CI machine OpenMP threads spin
+    and make 32 px steps several times slower, and tiny convolutions gain nothing from two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,6 +23,8 @@ from training.metrics import (
     weighted_threshold_metrics,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 # A known confusion matrix at threshold 0.5: TP 3, FN 1, FP 2, TN 4.
 LABELS = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
 SCORES = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.55, 0.4, 0.2, 0.1, 0.05])
