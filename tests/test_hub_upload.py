@@ -92,6 +92,10 @@ def staged(tiny_model_dir, eval_dir, tmp_path_factory):
     return out
 
 
+def files_under(folder: Path) -> set:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -110,7 +114,7 @@ def run_cli(args, env_overrides, cwd):
 
 
 def test_staged_repo_holds_exactly_the_hub_files(staged):
-    files = {str(path.relative_to(staged)) for path in staged.rglob("*") if path.is_file()}
+    files = files_under(staged)
     required = {
         "config.json", "model.safetensors", "preprocessor_config.json", "README.md",
         "configuration_dual_attention_resnet.py", "modeling_dual_attention_resnet.py", "image_processing_ct.py",
@@ -129,14 +133,20 @@ def test_staged_repo_holds_exactly_the_hub_files(staged):
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor"}
 
 
-LOAD_SCRIPT = r"""
-import json, sys
+SPACE_READY = all((SPACE_DIR / name).is_file() for name in ("app.py", "README.md", "requirements.txt"))
+needs_space = pytest.mark.skipif(not SPACE_READY, reason="space/app.py, README.md and requirements.txt not written yet")
+
+# Run in one fresh interpreter (torch + transformers + gradio imports dominate the cost): first the
+# staged model repo through every Auto class and the pipeline, checked to import nothing of this
+# repository; then, like a Space does, the staged Space's app.py with MODEL_ID set to that repo.
+FRESH_PROCESS_SCRIPT = r"""
+import json, os, sys
 import numpy as np, torch
 from PIL import Image
 from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline)
 
-repo = sys.argv[1]
-hu = np.load(sys.argv[2])
+repo, hu_path, space = sys.argv[1:4]
+hu = np.load(hu_path)
 config = AutoConfig.from_pretrained(repo, trust_remote_code=True)
 processor = AutoImageProcessor.from_pretrained(repo, trust_remote_code=True)
 model = AutoModelForImageClassification.from_pretrained(repo, trust_remote_code=True).eval()
@@ -149,40 +159,63 @@ unit = (np.clip((hu + 140.0) / 400.0, 0, 1) * 255).round().astype(np.uint8)
 score = pipeline("image-classification", model=repo, trust_remote_code=True)(Image.fromarray(unit))[0]
 with torch.no_grad():
     png_logit = model(processor(Image.fromarray(unit), return_tensors="pt")["pixel_values"]).logits
-print(json.dumps({
+report = {
     "classes": [type(config).__name__, type(processor).__name__, type(model).__name__, type(base).__name__],
     "class_modules": [type(model).__module__],
     "this_repo_imported": sorted(m for m in sys.modules if m.split(".")[0] in ("modeling", "hub_upload", "training")),
     "logits": logits.tolist(), "pooled_shape": list(pooled.shape),
     "pipeline": score, "png_probability": torch.sigmoid(png_logit)[0, 0].item(),
-}))
+}
+if space:
+    os.environ["MODEL_ID"] = repo  # what the push sets as a Space variable
+    os.chdir(space)
+    sys.path.insert(0, space)  # as `python app.py` in the Space's folder
+    import app
+    report["space"] = {"modeling": sys.modules["modeling"].__file__, "model": app._source,
+                       "served": type(app.demo).__name__}
+print(json.dumps(report))
 """
+HU_SLICE = np.random.default_rng(0).uniform(-300, 400, size=(80, 80)).astype(np.float32)
 
 
-def test_staged_repo_loads_as_remote_code_with_the_same_logits(staged, tmp_path):
-    rng = np.random.default_rng(0)
-    hu = rng.uniform(-300, 400, size=(2, 80, 80)).astype(np.float32)
-    np.save(tmp_path / "hu.npy", hu[0])
-    # A fresh interpreter outside the repository: -I drops the cwd and PYTHONPATH from sys.path.
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+@pytest.fixture(scope="module")
+def staged_space(tmp_path_factory):
+    """(path, files as staged): running app.py later adds files of its own (Gradio writes app.pyi)."""
+    if not SPACE_READY:
+        return None, None
+    path = stage_space(tmp_path_factory.mktemp("space_stage") / "space", model_id="me/pdac-ln")
+    return path, files_under(path)
+
+
+@pytest.fixture(scope="module")
+def fresh_process(staged, staged_space, tmp_path_factory):
+    """The report of FRESH_PROCESS_SCRIPT, run outside the repo with -I (no cwd, no PYTHONPATH on sys.path)
+    and -B (no __pycache__ written into the staged folders)."""
+    folder = tmp_path_factory.mktemp("fresh")
+    np.save(folder / "hu.npy", HU_SLICE)
+    env = {**os.environ, "HF_MODULES_CACHE": str(folder / "modules"), "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
-    result = subprocess.run([sys.executable, "-I", "-c", LOAD_SCRIPT, str(staged), str(tmp_path / "hu.npy")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    env.pop("MODEL_ID", None)
+    space = staged_space[0] or ""
+    command = [sys.executable, "-I", "-B", "-c", FRESH_PROCESS_SCRIPT, str(staged), str(folder / "hu.npy"), str(space)]
+    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
-    assert loaded["this_repo_imported"] == []
-    assert loaded["classes"] == ["DualAttentionResNetConfig", "CTImageProcessor",
-                                 "DualAttentionResNetForImageClassification", "DualAttentionResNetModel"]
-    assert loaded["class_modules"][0].startswith("transformers_modules.")
+
+def test_staged_repo_loads_as_remote_code_with_the_same_logits(staged, fresh_process):
+    assert fresh_process["this_repo_imported"] == []
+    assert fresh_process["classes"] == ["DualAttentionResNetConfig", "CTImageProcessor",
+                                        "DualAttentionResNetForImageClassification", "DualAttentionResNetModel"]
+    assert fresh_process["class_modules"][0].startswith("transformers_modules.")
     source = tiny_model()
     processor = CTImageProcessor.from_pretrained(staged)
     with torch.no_grad():
-        expected = source(processor(hu[0], return_tensors="pt")["pixel_values"]).logits
-    torch.testing.assert_close(torch.tensor(loaded["logits"]), expected, rtol=1e-5, atol=1e-5)
-    assert loaded["pooled_shape"] == [1, source.dual_attention_resnet.hidden_size]
-    assert loaded["pipeline"]["label"] == "metastatic"
-    assert loaded["pipeline"]["score"] == pytest.approx(loaded["png_probability"], abs=1e-6)
+        expected = source(processor(HU_SLICE, return_tensors="pt")["pixel_values"]).logits
+    torch.testing.assert_close(torch.tensor(fresh_process["logits"]), expected, rtol=1e-5, atol=1e-5)
+    assert fresh_process["pooled_shape"] == [1, source.dual_attention_resnet.hidden_size]
+    assert fresh_process["pipeline"]["label"] == "metastatic"
+    assert fresh_process["pipeline"]["score"] == pytest.approx(fresh_process["png_probability"], abs=1e-6)
 
 
 def test_pickle_only_model_is_converted_to_safetensors(tiny_model_dir, tmp_path):
@@ -360,34 +393,20 @@ def test_bad_metrics_json_is_refused_in_one_line(tiny_model_dir, tmp_path, capsy
 # --- the Space ----------------------------------------------------------------------------------------------------
 
 
-needs_space = pytest.mark.skipif(
-    not all((SPACE_DIR / name).is_file() for name in ("app.py", "README.md", "requirements.txt")),
-    reason="space/app.py, README.md and requirements.txt not written yet",
-)
-
-
 @needs_space
-def test_staged_space_imports_its_own_modeling_and_serves_the_staged_model(staged, tmp_path):
-    space = stage_space(tmp_path / "space", model_id="me/pdac-ln")
-    files = {str(p.relative_to(space)) for p in space.rglob("*") if p.is_file()}
+def test_staged_space_imports_its_own_modeling_and_serves_the_staged_model(staged, staged_space, fresh_process):
+    space, files = staged_space
     assert {"app.py", "requirements.txt", "README.md", "modeling/__init__.py", "modeling/explain.py",
             "modeling/ct_dicom.py"} <= files
     assert not [name for name in files if "__pycache__" in name or name.endswith(PICKLE_SUFFIXES)]
     assert {f"examples/{p.name}" for p in (SPACE_DIR / "examples").glob("*.dcm")} <= files
     assert not {"make_examples.py", "app.pyi", "modeling/predict.py"} & files  # helpers app.py does not import
     card = SpaceCard.load(space / "README.md")
-    assert card.data.sdk == "gradio" and "me/pdac-ln" in card.data.models
+    assert card.data.sdk == "gradio" and "me/pdac-ln" in card.data.models and card.data.app_file == "app.py"
 
-    # The Space runs app.py from its own folder; MODEL_ID is what the push sets as a Space variable.
-    script = ("import json, sys, app; print(json.dumps({'modeling': sys.modules['modeling'].__file__, "
-              "'model': app._source, 'served': type(app.demo).__name__}))")
-    env = {**os.environ, "MODEL_ID": str(staged), "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run([sys.executable, "-c", script], cwd=space, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
-    assert Path(loaded["modeling"]).resolve().is_relative_to(space.resolve())
-    assert loaded["model"] == str(staged) and loaded["served"] == "Blocks"
+    served = fresh_process["space"]
+    assert Path(served["modeling"]).resolve().is_relative_to(space.resolve())
+    assert served["model"] == str(staged) and served["served"] == "Blocks"
 
 
 def test_space_refuses_example_dicoms_that_are_not_phantoms(tmp_path):
