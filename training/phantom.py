@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from training.dicom_writer import deterministic_uid, write_ct_dicom
 
 LABELS = ("non_metastatic", "metastatic")  # index = label, as in the prepared dataset
-FIELD_OF_VIEW_MM = 360.0
+FIELD_OF_VIEW_MM = 300.0  # a slim adult abdomen fills it; a wider one would shrink the node
 SLICE_THICKNESS_MM = 5.0
 
 # Hounsfield units of the tissues (venous phase). Each slice draws its own value around these.
@@ -99,8 +99,8 @@ class Canvas:
 def _patient_anatomy(rng: np.random.Generator) -> Dict[str, float]:
     """Per-patient shape parameters (mm, HU offsets); slices jitter around them."""
     return {
-        "body_rx": rng.uniform(125, 165),
-        "body_ry": rng.uniform(90, 125),
+        "body_rx": rng.uniform(115, 145),
+        "body_ry": rng.uniform(85, 112),
         "subcutaneous_fat": rng.uniform(8, 35),
         "liver_scale": rng.uniform(0.7, 1.3),
         "spleen_scale": rng.uniform(0.6, 1.3),

@@ -187,6 +187,10 @@ def _read_worker(args):
     return _read_one(*args)
 
 
+def _single_threaded():
+    torch.set_num_threads(1)  # one reader per core: torch's own threads would oversubscribe the pool
+
+
 def read_all(records: List[Record], processor: CTImageProcessor, png_dir, num_workers: int):
     """Read every record (in `num_workers` processes) -> (slices, bad files as (path, reason))."""
     if png_dir:
@@ -197,7 +201,7 @@ def read_all(records: List[Record], processor: CTImageProcessor, png_dir, num_wo
     if num_workers <= 1:
         results = [_read_worker(job) for job in tqdm(jobs, **bar)]
     else:
-        with ProcessPoolExecutor(num_workers) as pool:
+        with ProcessPoolExecutor(num_workers, initializer=_single_threaded) as pool:
             results = list(tqdm(pool.map(_read_worker, jobs, chunksize=8), **bar))
     slices = [result for result in results if isinstance(result, Slice)]
     bad = [result for result in results if not isinstance(result, Slice)]
