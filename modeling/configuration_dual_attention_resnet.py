@@ -44,6 +44,8 @@ class DualAttentionResNetConfig(PretrainedConfig):
             operating point chosen on the validation split here.
         image_size (`int`, *optional*, defaults to 224):
             Input size the model was trained at (informational; the processor resizes).
+        num_channels (`int`, *optional*, defaults to 3):
+            Input channels of the backbone; the processor repeats the windowed slice to 3.
     """
 
     model_type = "dual_attention_resnet"
@@ -76,6 +78,9 @@ class DualAttentionResNetConfig(PretrainedConfig):
             raise ValueError(f"`frozen_stages` must be a non-negative integer, got {frozen_stages!r}.")
         if not isinstance(decision_threshold, numbers.Real) or not 0.0 <= decision_threshold <= 1.0:
             raise ValueError(f"`decision_threshold` must be in [0, 1], got {decision_threshold!r}.")
+        for name, value in (("image_size", image_size), ("num_channels", num_channels)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
         self.backbone = backbone
         self.attention = attention

@@ -108,7 +108,9 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
         super().__init__(config)
         # Never pretrained here: weights come from safetensors in from_pretrained, and ImageNet
         # initialisation is an explicit step of training (`load_backbone_weights`).
-        self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0)
+        self.backbone = timm.create_model(
+            config.backbone, pretrained=False, num_classes=0, in_chans=config.num_channels
+        )
         self.num_features = self.backbone.num_features
         self.hidden_size = getattr(self.backbone, "head_hidden_size", None) or self.num_features
         if config.attention == "none":
@@ -159,7 +161,11 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
         overlay = {"file": os.fspath(weights)} if weights else None
         try:
             pretrained = timm.create_model(
-                self.config.backbone, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay
+                self.config.backbone,
+                pretrained=True,
+                num_classes=0,
+                in_chans=self.config.num_channels,
+                pretrained_cfg_overlay=overlay,
             )
         except Exception as error:  # noqa: BLE001 - timm/hub raise many types (offline: FileNotFoundError too)
             if weights:

@@ -59,6 +59,13 @@ def test_base_model_returns_attended_features_and_pooled_vector():
     torch.testing.assert_close(output.pooler_output, output.last_hidden_state.mean((2, 3)))
 
 
+def test_num_channels_sets_the_backbone_input_channels():
+    model = tiny_model(num_channels=1)
+    assert model.dual_attention_resnet.backbone.conv1[0].in_channels == 1
+    with torch.no_grad():
+        assert model(_pixels()[:, :1]).logits.shape == (2, 1)
+
+
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -236,6 +243,8 @@ def test_config_json_round_trip(tmp_path):
         ("dropout", "0.5"),
         ("frozen_stages", -1),
         ("decision_threshold", 1.5),
+        ("image_size", 0),
+        ("num_channels", 3.0),
     ],
 )
 def test_config_rejects_invalid_values_naming_field_and_value(field, value):
