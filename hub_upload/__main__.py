@@ -13,6 +13,7 @@ from pathlib import Path
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from .model_card import is_number
 from .provenance import TRAINED_ON_CHOICES, read_provenance
 from .push import PushError, one_line, push_folder, resolve_token, set_space_variables
 from .space import check_space_source, stage_space
@@ -52,8 +53,8 @@ def default_commit_message(repo_id: str, eval_dir) -> str:
     message = f"Upload {repo_id.split('/')[-1]} with hub_upload"
     if eval_dir is not None:
         metrics = json.loads((Path(eval_dir) / "metrics.json").read_text())
-        auc = metrics.get("auc_roc")
-        if auc:
+        auc = metrics.get("auc_roc") or {}
+        if all(is_number(auc.get(key)) for key in ("value", "ci_low", "ci_high")):
             message += f" ({metrics.get('split', 'test')} AUC {auc['value']:.3f}, 95% CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f})"
     return message
 

@@ -69,7 +69,13 @@ def write_safetensors(model_dir: Path, destination: Path) -> None:
     from safetensors.torch import save_file
 
     # weights_only refuses pickled code, so converting an untrusted file cannot run it.
-    state_dict = torch.load(model_dir / PICKLE_WEIGHTS, map_location="cpu", weights_only=True)
+    try:
+        state_dict = torch.load(model_dir / PICKLE_WEIGHTS, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - pickle and torch raise many types
+        raise ValueError(
+            f"{model_dir / PICKLE_WEIGHTS} is not plain tensors ({type(error).__name__}); "
+            "re-save the model with save_pretrained (safetensors)"
+        ) from None
     # clone: safetensors refuses tensors that share storage
     save_file({name: tensor.clone().contiguous() for name, tensor in state_dict.items()}, destination,
               metadata={"format": "pt"})
@@ -100,7 +106,9 @@ def stage_model_repo(
     if eval_dir is not None:
         metrics = read_json(Path(eval_dir) / "metrics.json", "metrics.json")
         check_metrics(metrics, Path(eval_dir) / "metrics.json")
-    figure_sources = [model_dir.parent / name for name in TRAINING_FIGURES] + (
+    # RUN/loss_curve.png belongs to RUN/best only when the parent is a training run (history.json).
+    run_dir = model_dir.parent if (model_dir.parent / "history.json").is_file() else None
+    figure_sources = ([run_dir / name for name in TRAINING_FIGURES] if run_dir else []) + (
         [Path(eval_dir) / name for name in EVAL_FIGURES] if eval_dir else []
     )
     figures = [path for path in figure_sources if path.is_file()]

@@ -237,6 +237,28 @@ def test_pickle_only_model_is_converted_to_safetensors(tiny_model_dir, tmp_path)
         assert torch.equal(converted[name], tensor), name
 
 
+class RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickle_with_code_is_refused_without_running_it(tiny_model_dir, tmp_path):
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        (pickled / name).write_bytes((tiny_model_dir / name).read_bytes())
+    marker = tmp_path / "code_ran"
+    torch.save({"weight": RunsCodeWhenUnpickled(marker)}, pickled / "pytorch_model.bin")
+
+    with pytest.raises(ValueError, match="is not plain tensors") as refused:
+        stage_model_repo(pickled, tmp_path / "out", repo_id="me/pdac-ln", provenance=PHANTOM)
+    assert "\n" not in str(refused.value)
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
 # --- the model card ---------------------------------------------------------------------------------------------
 
 
@@ -307,6 +329,7 @@ def test_training_data_is_read_from_the_run(tiny_model_dir, prepared_dataset, ph
         "backbone_weights: /secret/weights.pth\noutput_dir: /secret/run\n"
     )
     Image.new("RGB", (8, 8), "white").save(run / "loss_curve.png")
+    (run / "history.json").write_text("[]")
 
     provenance = read_provenance(run / "best")
     assert provenance.synthetic is True
@@ -352,7 +375,7 @@ def test_stages_what_training_evaluate_writes(tiny_model_dir, prepared_dataset, 
     assert slice_auc.metric_value == metrics["auc_roc"]["value"]
     assert slice_auc.metric_args["threshold"] == metrics["threshold"]
     assert json.loads((out / "config.json").read_text())["decision_threshold"] == metrics["threshold"]
-    assert f"probability >= {metrics['threshold']}, the model's `config.decision_threshold`" in card.text
+    assert f"probability >= {metrics['threshold']:.3f}, the model's `config.decision_threshold`" in card.text
     assert {p.name for p in (out / "evaluation").iterdir()} == {
         "metrics.json", "roc_curve.png", "confusion_matrix.png", "reliability_diagram.png"}
 
