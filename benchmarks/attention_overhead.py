@@ -104,8 +104,7 @@ def main(argv=None):
     generator = torch.Generator().manual_seed(args.seed)
     pixels = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=generator).to(device)
     labels = torch.randint(0, 2, (args.batch_size,), generator=generator).float().to(device)
-    logits_of = {name: model for name, model in models.items()}
-    logits_of["ours"] = lambda x: ours(x).logits
+    logits_of = {**models, "ours": lambda x: ours(x).logits}
     optimizers = {
         name: torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-5)
         for name, model in models.items()
