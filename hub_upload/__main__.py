@@ -90,6 +90,8 @@ def run(args: argparse.Namespace, workspace: Path) -> None:
         space_dir = stage_space(space_stage, model_id=args.repo_id, overwrite=args.overwrite)
         print(f"staged Space {args.space_id} in {space_dir}:\n{list_files(space_dir)}")
     if args.dry_run:
+        if args.space_id:
+            print(f"at push, Space variables: MODEL_ID={args.repo_id}, MODEL_REVISION=<the model commit>")
         print("dry run: nothing pushed")
         return
 
