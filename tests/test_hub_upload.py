@@ -19,12 +19,12 @@ import torch
 from huggingface_hub import ModelCard, SpaceCard, metadata_load
 from PIL import Image
 
+from conftest import TINY_SIZE, tiny_model, write_tiny_prepared
 from hub_upload import TrainingProvenance, read_provenance, stage_model_repo, stage_space
 from hub_upload import push as push_module
 from hub_upload.__main__ import main
 from hub_upload.space import SPACE_DIR
 from modeling import CTImageProcessor
-from tests.conftest import TINY_SIZE, tiny_model, write_tiny_prepared
 from training.dicom_writer import write_ct_dicom
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
