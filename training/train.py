@@ -270,7 +270,8 @@ def train(config) -> str:
     if accelerator.is_main_process:
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "config.yaml"), "w") as handle:
-            yaml.safe_dump({**config, "data": os.fspath(config["data"]), "output_dir": run_dir}, handle, sort_keys=False)
+            resolved = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in config.items()}
+            yaml.safe_dump(resolved, handle, sort_keys=False)
     if config["report_to"]:
         accelerator.init_trackers("train", config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()})
 
@@ -309,7 +310,6 @@ def train(config) -> str:
         if accelerator.is_main_process:
             with open(os.path.join(run_dir, "history.json"), "w") as handle:
                 json.dump({"best_epoch": progress.best_epoch, "epochs": progress.history}, handle, indent=2)
-            plot_history(progress.history, progress.best_epoch, os.path.join(run_dir, "loss_curve.png"))
         accelerator.log({k: v for k, v in entry.items() if k != "epoch"}, step=epoch)
         accelerator.print(
             f"epoch {epoch}: train loss {train_loss:.4f}, val loss {entry['val_loss']:.4f}, "
@@ -319,6 +319,9 @@ def train(config) -> str:
         accelerator.print(
             f"early stopping: validation loss has not improved for {progress.epochs_without_improvement} epochs"
         )
+    if accelerator.is_main_process and progress.history:
+        # once, at the end: a figure per epoch costs more than a fast GPU epoch
+        plot_history(progress.history, progress.best_epoch, os.path.join(run_dir, "loss_curve.png"))
     accelerator.print(f"best epoch {progress.best_epoch} (val AUC {progress.best_auc:.4f}) -> {os.path.join(run_dir, 'best')}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
