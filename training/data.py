@@ -9,6 +9,7 @@ import os
 from typing import Dict, Optional, Tuple
 
 import datasets
+import numpy as np
 import torch
 from torchvision.transforms import v2
 
@@ -50,7 +51,8 @@ def make_transform(info: dict, augment: bool, image_size: Optional[int] = None):
     def transform(batch):
         pixel_values = []
         for image in batch["image"]:
-            unit = torch.as_tensor(image, dtype=torch.float32)[None]  # (1, S, S) in [0, 1]
+            # via numpy: the rows arrive as Python lists, which torch converts five times slower
+            unit = torch.from_numpy(np.asarray(image, dtype=np.float32))[None]  # (1, S, S) in [0, 1]
             if augmentation is not None:
                 unit = augmentation(unit).clamp_(0.0, 1.0)
             if resize is not None:

@@ -167,12 +167,10 @@ def _mask_at_size(path: str, native_shape, size: int) -> np.ndarray:
         mask = np.asarray(opened.convert("L")) > 0
     if mask.shape != tuple(native_shape):
         raise ValueError(f"shape {mask.shape} differs from the slice's {tuple(native_shape)}")
-    # Same antialiased resize as the image, then a half threshold, so small lesions keep their place.
-    resized = torch.nn.functional.interpolate(
-        torch.from_numpy(mask.astype(np.float32))[None, None], size=(size, size), mode="bilinear",
-        align_corners=False, antialias=True,
-    )
-    return (resized[0, 0].numpy() >= 0.5).astype(np.uint8)
+    # Antialiased (area-weighted) bilinear resize, then a half threshold, so small lesions keep their
+    # place; PIL's is several times faster than torch's antialiased kernel on one slice.
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BILINEAR)
+    return (np.asarray(resized) >= 128).astype(np.uint8)
 
 
 def _write_png(png_dir: str, index: int, record: Record, unit: np.ndarray) -> str:
