@@ -21,7 +21,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from modeling import DualAttentionResNetConfig, DualAttentionResNetForImageClassification
-from modeling.explain import _LogitsOnly, explain, target_layer
+from modeling.explain import LogitsOnly, explain, target_layer
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
         explain(model, pixel_values)
 
     def usual():
-        with GradCAM(model=_LogitsOnly(model), target_layers=[target_layer(model)]) as cam:
+        with GradCAM(model=LogitsOnly(model), target_layers=[target_layer(model)]) as cam:
             cam(input_tensor=pixel_values, targets=targets)
         with torch.no_grad():
             torch.sigmoid(model(pixel_values).logits)

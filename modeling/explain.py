@@ -3,10 +3,10 @@
 Grad-CAM (Selvaraju et al., https://arxiv.org/abs/1610.02391) of the metastasis logit on the last
 backbone stage, i.e. the stage-4 output before the attention module. The stage's output is swapped
 for a detached leaf during the forward, so the probability, the attention map and the Grad-CAM
-activations come from the same pass, and the backward runs from the logit to that leaf only: no
-parameter gradients, no backward through the backbone. The result agrees with pytorch-grad-cam's
-`GradCAM` on the same layer; its other methods (GradCAM++, EigenCAM, ...) are used through the
-library itself with `method=`.
+activations come from the same pass; autograd records only from that leaf on, and the backward
+runs from the logit to the leaf: no parameter gradients, no backward through the backbone. The
+result agrees with pytorch-grad-cam's `GradCAM` on the same layer; its other methods (GradCAM++,
+EigenCAM, ...) are used through the library itself with `method=`.
 
 Not imported by the model files: remote-code loading must not need grad-cam or matplotlib.
 """
@@ -31,6 +31,11 @@ LIBRARY_CAM_METHODS = {
 CAM_METHODS = ("gradcam",) + tuple(LIBRARY_CAM_METHODS)
 
 
+def is_token_model(backbone: nn.Module) -> bool:
+    """True for ViT-style backbones whose features are tokens `(batch, prefix + h * w, dim)`."""
+    return getattr(backbone, "num_prefix_tokens", None) is not None and hasattr(backbone, "blocks")
+
+
 def target_layer_name(backbone: nn.Module) -> str:
     """Name of the backbone module whose output Grad-CAM explains.
 
@@ -39,7 +44,7 @@ def target_layer_name(backbone: nn.Module) -> str:
     stage's output only the class token has a gradient; `norm1` is where the patch tokens still mix
     into it (pytorch-grad-cam's recipe for ViTs).
     """
-    if getattr(backbone, "num_prefix_tokens", None) is not None and hasattr(backbone, "blocks"):
+    if is_token_model(backbone):
         return f"blocks.{len(backbone.blocks) - 1}.norm1"
     return backbone.feature_info[-1]["module"]
 
@@ -74,17 +79,20 @@ def _upsample(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 def _forward_with_leaf(model: nn.Module, pixel_values: torch.Tensor, layer: nn.Module):
     """One forward pass in which `layer`'s output is replaced by a detached leaf that requires grad.
 
-    Returns `(outputs, activations)`; gradients of the outputs stop at `activations`.
+    The layers before `layer` run without autograd (nothing of theirs is needed); recording starts
+    at the leaf. Returns `(outputs, activations)`; gradients of the outputs stop at `activations`.
     """
     captured = {}
 
     def swap_for_leaf(module, args, output):
+        # Switch recording on for the rest of the forward; leaving `no_grad` below restores the mode.
+        torch.set_grad_enabled(True)
         captured["activations"] = output.detach().requires_grad_(True)
         return captured["activations"]
 
     handle = layer.register_forward_hook(swap_for_leaf)
     try:
-        with torch.enable_grad():
+        with torch.no_grad():
             outputs = model(pixel_values)
     finally:
         handle.remove()
@@ -94,9 +102,11 @@ def _forward_with_leaf(model: nn.Module, pixel_values: torch.Tensor, layer: nn.M
 def _gradcam(model: nn.Module, pixel_values: torch.Tensor):
     """One-pass Grad-CAM: `(logits (B, 1), spatial_attention or None, cam (B, h, w))`."""
     outputs, activations = _forward_with_leaf(model, pixel_values, target_layer(model))
-    (grads,) = torch.autograd.grad(outputs.logits.sum(), activations)
-    if activations.ndim == 3:  # tokens
-        backbone = model.dual_attention_resnet.backbone
+    # d(sum of logits) as grad_outputs of ones: no new op, so this works under a caller's no_grad too
+    logits = outputs.logits
+    (grads,) = torch.autograd.grad(logits, activations, grad_outputs=torch.ones_like(logits))
+    backbone = model.dual_attention_resnet.backbone
+    if is_token_model(backbone):
         size = tuple(pixel_values.shape[-2:])
         activations, grads = tokens_to_grid(activations, backbone, size), tokens_to_grid(grads, backbone, size)
     weights = grads.mean(dim=(2, 3), keepdim=True)
@@ -104,7 +114,7 @@ def _gradcam(model: nn.Module, pixel_values: torch.Tensor):
     return outputs.logits.detach(), outputs.spatial_attention, cam.detach()
 
 
-class _LogitsOnly(nn.Module):
+class LogitsOnly(nn.Module):
     """pytorch-grad-cam calls `model(x)` and wants a tensor; this keeps the first output for the
     probability and the attention map (ScoreCAM calls the model again on masked inputs)."""
 
@@ -128,9 +138,9 @@ def _library_cam(model: nn.Module, pixel_values: torch.Tensor, method: str):
     backbone = model.dual_attention_resnet.backbone
     size = tuple(pixel_values.shape[-2:])
     reshape: Optional[Callable] = None
-    if getattr(backbone, "num_prefix_tokens", None) is not None:
+    if is_token_model(backbone):
         reshape = lambda tokens: tokens_to_grid(tokens, backbone, size)  # noqa: E731
-    wrapper = _LogitsOnly(model)
+    wrapper = LogitsOnly(model)
     cam_class = getattr(pytorch_grad_cam, LIBRARY_CAM_METHODS[method])
     # ClassifierOutputTarget(0) on a single-logit output is the logit itself.
     targets = [ClassifierOutputTarget(0)] * pixel_values.shape[0]
@@ -210,7 +220,9 @@ def overlay(unit_slice, heatmap, alpha: float = 0.4, colormap: str = "jet") -> n
 __all__ = [
     "CAM_METHODS",
     "LIBRARY_CAM_METHODS",
+    "LogitsOnly",
     "explain",
+    "is_token_model",
     "overlay",
     "scale_to_unit",
     "target_layer",

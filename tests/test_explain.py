@@ -12,7 +12,7 @@ from torch import nn
 
 from modeling import DualAttentionResNetConfig, DualAttentionResNetForImageClassification
 from modeling.explain import (
-    _LogitsOnly,
+    LogitsOnly,
     explain,
     overlay,
     scale_to_unit,
@@ -72,7 +72,7 @@ def random_pixels(batch=2, size=TINY_SIZE, seed=0):
 
 def library_gradcam(model, pixel_values, reshape_transform=None):
     """pytorch-grad-cam's usual GradCAM on the same layer, targeting the single logit."""
-    with GradCAM(_LogitsOnly(model), [target_layer(model)], reshape_transform=reshape_transform) as cam:
+    with GradCAM(LogitsOnly(model), [target_layer(model)], reshape_transform=reshape_transform) as cam:
         return cam(input_tensor=pixel_values, targets=[ClassifierOutputTarget(0)] * len(pixel_values))
 
 
@@ -115,12 +115,25 @@ def test_explains_in_eval_mode_restores_train_mode_and_leaves_no_parameter_gradi
     assert all(parameter.grad is None for parameter in model.parameters())
 
 
+def test_leaves_the_callers_grad_mode_as_it_was():
+    model = tiny_model()
+    model.classifier.weight.data.abs_()  # a non-zero map, so the comparison below means something
+    with torch.no_grad():
+        inside = explain(model, structured_pixels())
+        assert not torch.is_grad_enabled()
+    outside = explain(model, structured_pixels())
+
+    assert torch.is_grad_enabled()
+    torch.testing.assert_close(inside["gradcam"], outside["gradcam"])
+    assert inside["gradcam"].max() == 1.0
+
+
 @pytest.mark.parametrize(
     "backbone, attention, size, pixels",
     [
         ("resnet10t", "dual", 96, structured_pixels),
         ("resnet10t", "dual", 96, random_pixels),
-        ("resnet10t", "none", 128, structured_pixels),
+        ("resnet10t", "none", 96, structured_pixels),
         ("resnet18", "spatial", 64, random_pixels),
     ],
 )
