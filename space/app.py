@@ -10,6 +10,7 @@ upload is deleted as soon as it has been read.
 
 import argparse
 import atexit
+import filecmp
 import os
 import shutil
 import sys
@@ -104,12 +105,18 @@ def _upload_folder() -> Path:
     return Path(os.environ["GRADIO_TEMP_DIR"]).resolve()
 
 
+def _is_example_copy(path: Path) -> bool:
+    """Gradio caches each example once at start-up; deleting that copy would break the example."""
+    example = EXAMPLES_DIR / path.name
+    return example.is_file() and path.is_file() and filecmp.cmp(path, example, shallow=False)
+
+
 def _delete_upload(path) -> None:
     """Delete `path` if Gradio stored it (an upload); never touch files the caller owns."""
     if path is None:
         return
     path = Path(path).resolve()
-    if _upload_folder() in path.parents:
+    if _upload_folder() in path.parents and not _is_example_copy(path):
         path.unlink(missing_ok=True)
 
 

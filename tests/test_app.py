@@ -168,10 +168,13 @@ def test_uploads_are_deleted_after_the_request(app, predictor, tmp_path):
     good = Path(shutil.copy(CT_SMALL, upload_dir / "slice.dcm"))
     bad = upload_dir / "bad.dcm"
     bad.write_text("not DICOM")
+    example = Path(shutil.copy(app.EXAMPLES_DIR / "metastatic_phantom.dcm", upload_dir))  # as Gradio caches it
     predictor.predict(str(good))
+    predictor.predict(str(example))
     with pytest.raises(gr.Error):
         predictor.predict(str(bad))
     assert not good.exists() and not bad.exists()
+    assert example.exists(), "the cached copy of an example serves every later click on it"
     # pressing Predict again on the same (now deleted) upload: a clear reason that does not echo the name
     with pytest.raises(gr.Error, match="upload it again") as raised:
         predictor.predict(str(good))
