@@ -141,6 +141,10 @@ def test_train_then_evaluate_writes_a_readable_report(trained_run, signal_datase
             assert block[name]["ci_low"] <= block[name]["value"] <= block[name]["ci_high"]
     assert written["bootstrap"] == {"resamples": 200, "seed": 0, "unit": "patient"}
     assert sum(map(sum, written["confusion_matrix"])) == 12
+    # The 6 positive test slices carry lesion masks: localisation is measured for both maps.
+    assert written["localisation"]["n"] == 6
+    for method in ("attention", "gradcam"):
+        assert 0.0 <= written["localisation"][method]["energy_in_mask"]["value"] <= 1.0
 
     # The operating point is in the model's config, and reaches the target sensitivity on validation.
     config = json.loads((trained_run / "best" / "config.json").read_text())
