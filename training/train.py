@@ -26,6 +26,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
@@ -199,6 +200,7 @@ def plot_history(history: list, best_epoch: int, path: str) -> None:
     auc_axis.set(xlabel="epoch", ylabel="AUC-ROC", title="Validation AUC", ylim=(0.0, 1.02))
     for axis in (loss_axis, auc_axis):
         axis.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
