@@ -4,8 +4,8 @@
 
 Folders are walked recursively and every file is tried as DICOM (DICOMs often have no extension);
 hidden files and DICOMDIR indexes are skipped, anything else that is not a CT slice becomes an
-`error` row with a one-line reason. PNG/JPEG/TIFF files are read as already-windowed slices (the
-paper's export). Exit status: 0 when every file gave a prediction, 1 when some were refused (all
+`error` row with a one-line reason. With `--images`, PNG/JPEG/TIFF files are read as
+already-windowed slices (the paper's export); without it they are refused like any non-DICOM file. Exit status: 0 when every file gave a prediction, 1 when some were refused (all
 rows are still written), 2 for usage errors.
 
 No patient names or IDs are written: the CSV holds the path as given, and explanation images are
@@ -73,12 +73,16 @@ def hu_warning(ds, hu: np.ndarray) -> str:
     return ""
 
 
-def load_slice(path: str, processor) -> Tuple[torch.Tensor, np.ndarray, str]:
+def load_slice(path: str, processor, images: bool = False) -> Tuple[torch.Tensor, np.ndarray, str]:
     """One file -> `(pixel_values (3, S, S), windowed slice (h, w) in [0, 1], warning)`.
 
+    `images`: read PNG/JPEG/TIFF files as already-windowed slices instead of refusing them.
     Raises a one-line `ValueError` (or `OSError` for unreadable images) when the file is refused.
     """
-    if path.lower().endswith(IMAGE_SUFFIXES):
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in IMAGE_SUFFIXES and not images:
+        raise ValueError(f"not a DICOM file ({suffix} image; --images reads already-windowed images)")
+    if suffix in IMAGE_SUFFIXES:
         image = path
         warning = "image file, not DICOM: read as an already-windowed slice; HU not checked"
     else:
@@ -136,6 +140,7 @@ def predict_files(
     output: str,
     explain_dir: Optional[str] = None,
     batch_size: int = 16,
+    images: bool = False,
 ) -> Tuple[int, int]:
     """Predict every file, writing one CSV row each to `output` as it goes; returns `(n_ok, n_error)`."""
     threshold = float(model.config.decision_threshold)
@@ -153,7 +158,7 @@ def predict_files(
                 row = dict.fromkeys(CSV_COLUMNS, "")
                 row.update(path=path)
                 try:
-                    pixel_values, unit, warning = load_slice(path, processor)
+                    pixel_values, unit, warning = load_slice(path, processor, images)
                 except (ValueError, OSError) as error:
                     row.update(status="error", error=str(error).splitlines()[0] or type(error).__name__)
                 else:
@@ -199,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="a saved model folder (RUN/best) or a Hugging Face Hub id")
     parser.add_argument("--output", required=True, help="CSV to write: path,status,probability,label,error,warning,explanation")
     parser.add_argument("--explain-dir", help="write slice | attention | Grad-CAM PNGs here, one per predicted file")
+    parser.add_argument(
+        "--images", action="store_true", help="also read PNG/JPEG/TIFF files as already-windowed slices (HU not checked)"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     return parser
@@ -225,7 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"cannot load model {args.model!r}: {str(error).splitlines()[0]}")
     model.to(args.device).eval()
 
-    n_ok, n_error = predict_files(files, model, processor, args.output, args.explain_dir, args.batch_size)
+    n_ok, n_error = predict_files(files, model, processor, args.output, args.explain_dir, args.batch_size, args.images)
     print(f"{n_ok} predicted, {n_error} refused; wrote {args.output}", file=sys.stderr)
     return 1 if n_error else 0
 

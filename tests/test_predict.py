@@ -128,6 +128,26 @@ def test_predictions_do_not_depend_on_batching(mixed_folder, model_dir, tmp_path
         assert one["explanation"] == ""
 
 
+def test_png_slices_are_refused_unless_images_are_asked_for(model_dir, tmp_path):
+    unit = np.clip((slice_hu(4) + 140.0) / 400.0, 0.0, 1.0)  # the paper's export: window 60/400 as 8-bit PNG
+    Image.fromarray(np.round(unit * 255).astype(np.uint8)).save(tmp_path / "slice.png")
+    output = tmp_path / "out.csv"
+
+    assert main([str(tmp_path / "slice.png"), "--model", str(model_dir), "--output", str(output)]) == 1
+    refused = read_rows(output)[0]
+    assert refused["status"] == "error"
+    assert refused["error"] == "not a DICOM file (.png image; --images reads already-windowed images)"
+
+    assert main([str(tmp_path / "slice.png"), "--model", str(model_dir), "--output", str(output), "--images"]) == 0
+    row = read_rows(output)[0]
+    processor = CTImageProcessor.from_pretrained(model_dir)
+    model = tiny_model()  # the same seed and weights as the saved model
+    with torch.no_grad():
+        expected = torch.sigmoid(model(processor(str(tmp_path / "slice.png"))["pixel_values"]).logits[0, 0])
+    assert row["status"] == "ok" and row["warning"].startswith("image file, not DICOM")
+    assert float(row["probability"]) == pytest.approx(float(expected), abs=1e-6)
+
+
 @pytest.mark.parametrize(
     "argv_tail, message",
     [
