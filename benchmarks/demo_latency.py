@@ -40,6 +40,7 @@ from modeling import CTImageProcessor, DualAttentionResNetConfig, DualAttentionR
 from training.phantom import generate_phantom  # noqa: E402
 
 GOAL = 2.5
+SETTLE_SECONDS = 0.5
 
 
 def seconds(call) -> float:
@@ -57,6 +58,9 @@ def interleaved(calls: dict, repeats: int, warmup: int = 2) -> dict:
     times = {name: [] for name in calls}
     for _ in tqdm(range(repeats), desc="rounds", unit="round"):
         for name, call in calls.items():
+            # OpenMP worker threads spin for a while after parallel work; let the other process's go
+            # idle so that no variant pays for the one timed before it
+            time.sleep(SETTLE_SECONDS)
             times[name].append(seconds(call))
     return times
 
