@@ -303,8 +303,8 @@ def prepare_dataset(
     })
     dataset_dict.save_to_disk(output)
 
-    train_pixels = np.stack([s.image for s in splits["train"]]).astype(np.float64)
-    mean, std = float(train_pixels.mean()), float(train_pixels.std())
+    train_pixels = np.stack([s.image for s in splits["train"]])
+    mean, std = float(train_pixels.mean(dtype=np.float64)), float(train_pixels.std(dtype=np.float64))
     info = {
         "window_center": window_center, "window_width": window_width, "size": size, "seed": seed,
         "image_mean": [mean] * 3, "image_std": [std] * 3,
