@@ -89,7 +89,8 @@ def main() -> None:
     for label, times in (("median", medians), ("min", fastest)):
         print(
             f"{label:>6}: explain / bare = {times['explain'] / times['bare']:.2f} (goal <= 1.2), "
-            f"usual / bare = {times['usual'] / times['bare']:.2f}, usual / explain = {times['usual'] / times['explain']:.2f}"
+            f"usual / bare = {times['usual'] / times['bare']:.2f}, "
+            f"usual / explain = {times['usual'] / times['explain']:.2f}"
         )
 
 if __name__ == "__main__":

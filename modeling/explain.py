@@ -206,7 +206,10 @@ def overlay(unit_slice, heatmap, alpha: float = 0.4, colormap: str = "jet") -> n
     if isinstance(unit_slice, torch.Tensor):
         unit_slice = unit_slice.detach().cpu().numpy()
     grey = np.clip(np.asarray(unit_slice, dtype=np.float32), 0.0, 1.0)
-    heat = heatmap.detach().cpu().float() if isinstance(heatmap, torch.Tensor) else torch.tensor(np.asarray(heatmap, dtype=np.float32))
+    if isinstance(heatmap, torch.Tensor):
+        heat = heatmap.detach().cpu().float()
+    else:
+        heat = torch.tensor(np.asarray(heatmap, dtype=np.float32))
     if grey.ndim != 2 or heat.ndim != 2:
         raise ValueError(f"overlay needs 2-D slice and map, got shapes {grey.shape} and {tuple(heat.shape)}")
     if tuple(heat.shape) != grey.shape:

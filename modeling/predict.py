@@ -5,8 +5,9 @@
 Folders are walked recursively and every file is tried as DICOM (DICOMs often have no extension);
 hidden files and DICOMDIR indexes are skipped, anything else that is not a CT slice becomes an
 `error` row with a one-line reason. With `--images`, PNG/JPEG/TIFF files are read as
-already-windowed slices (the paper's export); without it they are refused like any non-DICOM file. Exit status: 0 when every file gave a prediction, 1 when some were refused (all
-rows are still written), 2 for usage errors.
+already-windowed slices (the paper's export); without it they are refused like any non-DICOM file.
+Exit status: 0 when every file gave a prediction, 1 when some were refused (all rows are still
+written), 2 for usage errors.
 
 No patient names or IDs are written: the CSV holds the path as given, and explanation images are
 named by row number and a hash of the path.
@@ -200,12 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m modeling.predict",
         description="P(metastatic lymph node) for CT DICOM slices in files and folders, as a CSV.",
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files (any extension) or folders, walked recursively")
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="DICOM files (any extension) or folders, walked recursively"
+    )
     parser.add_argument("--model", required=True, help="a saved model folder (RUN/best) or a Hugging Face Hub id")
-    parser.add_argument("--output", required=True, help="CSV to write: path,status,probability,label,error,warning,explanation")
+    parser.add_argument(
+        "--output", required=True, help="CSV to write: path,status,probability,label,error,warning,explanation"
+    )
     parser.add_argument("--explain-dir", help="write slice | attention | Grad-CAM PNGs here, one per predicted file")
     parser.add_argument(
-        "--images", action="store_true", help="also read PNG/JPEG/TIFF files as already-windowed slices (HU not checked)"
+        "--images", action="store_true", help="also read PNG/JPEG/TIFF as already-windowed slices (HU not checked)"
     )
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")

@@ -140,7 +140,8 @@ def test_leaves_the_callers_grad_mode_as_it_was():
 def test_gradcam_matches_pytorch_grad_cam_on_the_same_layer(backbone, attention, size, pixels):
     torch.manual_seed(1)
     model = DualAttentionResNetForImageClassification(DualAttentionResNetConfig(backbone=backbone, attention=attention))
-    model.eval().classifier.weight.data.abs_()  # random signs can make every weighted activation negative: an all-zero map
+    # random signs can make every weighted activation negative, i.e. an all-zero map
+    model.eval().classifier.weight.data.abs_()
     pixel_values = pixels(size=size)
 
     ours = explain(model, pixel_values)["gradcam"].numpy()
@@ -156,7 +157,8 @@ def test_gradcam_matches_pytorch_grad_cam_on_the_same_layer(backbone, attention,
 def test_vit_gradcam_uses_the_last_blocks_norm_and_matches_pytorch_grad_cam():
     torch.manual_seed(0)
     # timm's test_vit: 160 px, patch 16, one class token -> a 10 x 10 patch grid
-    model = DualAttentionResNetForImageClassification(DualAttentionResNetConfig(backbone="test_vit", attention="none")).eval()
+    config = DualAttentionResNetConfig(backbone="test_vit", attention="none")
+    model = DualAttentionResNetForImageClassification(config).eval()
     backbone = model.dual_attention_resnet.backbone
     pixel_values = structured_pixels(size=160)
 
@@ -194,7 +196,8 @@ def test_gradcam_peak_lies_in_the_only_region_the_logit_depends_on(cell):
         assert (row // step, col // step) == cell
         # the map is zero away from the cell (bilinear spill reaches at most half a cell beyond it)
         far = torch.ones(GATED_SIZE, GATED_SIZE, dtype=torch.bool)
-        far[max(0, (cell[0] - 1) * step) : (cell[0] + 2) * step, max(0, (cell[1] - 1) * step) : (cell[1] + 2) * step] = False
+        rows, cols = [slice(max(0, (c - 1) * step), (c + 2) * step) for c in cell]
+        far[rows, cols] = False
         assert gradcam[image][far].max() == 0
 
 

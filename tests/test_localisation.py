@@ -1,4 +1,4 @@
-"""training.localisation: pointing game and energy in mask against hand-computed maps and a model whose answer is known."""
+"""training.localisation: pointing game and energy in mask, hand-computed and on a model whose answer is known."""
 
 import numpy as np
 import pytest

@@ -78,7 +78,8 @@ def read_rows(path):
 def test_mixed_folder_gives_a_row_per_file_errors_for_bad_ones_and_exit_status_1(mixed_folder, model_dir, tmp_path):
     output, explain_dir = tmp_path / "out.csv", tmp_path / "explained"
 
-    status = main([str(mixed_folder), "--model", str(model_dir), "--output", str(output), "--explain-dir", str(explain_dir), "--batch-size", "2"])
+    argv = [str(mixed_folder), "--model", str(model_dir), "--output", str(output), "--explain-dir", str(explain_dir)]
+    status = main([*argv, "--batch-size", "2"])
 
     assert status == 1
     rows = read_rows(output)
@@ -109,7 +110,8 @@ def test_mixed_folder_gives_a_row_per_file_errors_for_bad_ones_and_exit_status_1
         with Image.open(explain_dir / row["explanation"]) as image:
             assert image.mode == "RGB" and image.width == 3 * 256 + 2 * 8 and image.height > 256
     assert labels == {"metastatic", "non_metastatic"}  # the threshold sits between the two
-    assert sorted(p.name for p in explain_dir.iterdir()) == sorted(by_name[n]["explanation"] for n in ("a.dcm", "series/IM0001"))
+    written = sorted(p.name for p in explain_dir.iterdir())
+    assert written == sorted(by_name[name]["explanation"] for name in ("a.dcm", "series/IM0001"))
 
     for text in (output.read_text(), " ".join(p.name for p in explain_dir.iterdir())):
         assert "DOE" not in text and "4711" not in text
@@ -119,7 +121,8 @@ def test_predictions_do_not_depend_on_batching(mixed_folder, model_dir, tmp_path
     runs = {}
     for batch_size in ("1", "16"):
         output = tmp_path / f"out{batch_size}.csv"
-        assert main([str(mixed_folder / "a.dcm"), str(mixed_folder / "series"), "--model", str(model_dir), "--output", str(output), "--batch-size", batch_size]) == 0
+        paths = [str(mixed_folder / "a.dcm"), str(mixed_folder / "series")]
+        assert main([*paths, "--model", str(model_dir), "--output", str(output), "--batch-size", batch_size]) == 0
         runs[batch_size] = read_rows(output)
 
     assert [row["path"] for row in runs["1"]] == [str(mixed_folder / "a.dcm"), str(mixed_folder / "series" / "IM0001")]
@@ -193,7 +196,10 @@ def test_command_line_entry_point_on_a_mixed_folder(mixed_folder, model_dir, tmp
     output = tmp_path / "out.csv"
     result = subprocess.run(
         [sys.executable, "-m", "modeling.predict", str(mixed_folder), "--model", str(model_dir), "--output", str(output)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
     assert result.returncode == 1, result.stderr[-2000:]
