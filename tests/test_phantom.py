@@ -81,8 +81,10 @@ def test_masks_lie_on_a_node_in_fat_with_the_class_size(phantom_dir, label):
 
 
 def test_same_seed_same_files_other_seed_other_files(tmp_path):
-    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
-        generate_phantom(tmp_path / name, n_per_class=2, seed=seed, image_size=48, progress=False)
+    # "a" in one process, "b" in a pool: the files must not depend on the number of workers.
+    for name, seed, workers in (("a", 5, 1), ("b", 5, 2), ("c", 6, 1)):
+        generate_phantom(tmp_path / name, n_per_class=4, seed=seed, image_size=48, progress=False,
+                         slices_per_patient=1, num_workers=workers)
     assert file_digests(tmp_path / "a") == file_digests(tmp_path / "b")
     assert file_digests(tmp_path / "a") != file_digests(tmp_path / "c")
 

@@ -26,8 +26,9 @@ writes `OUT/metastatic/*.dcm`, `OUT/non_metastatic/*.dcm`, `OUT/masks/*.png` and
 import argparse
 import csv
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 from PIL import Image
@@ -244,10 +245,13 @@ def generate_phantom(
     image_size: int = 256,
     slices_per_patient: int = 3,
     progress: bool = True,
+    num_workers: Optional[int] = None,
 ) -> str:
     """Write `n_per_class` slices per class (in patients of `slices_per_patient`) under `out_dir`.
 
     Returns the path of `out_dir/manifest.csv` (path,label,patient_id,mask_path; relative paths).
+    Patients are written by `num_workers` processes (default: one per CPU); each has its own random
+    generator, so the files are the same whatever the number of workers.
     """
     if n_per_class < 1 or slices_per_patient < 1:
         raise ValueError(f"n_per_class and slices_per_patient must be >= 1, got {n_per_class}, {slices_per_patient}")
@@ -260,9 +264,17 @@ def generate_phantom(
             jobs.append((label, len(jobs), min(slices_per_patient, n_per_class - start)))
     rows: List[Dict[str, str]] = []
     bar = tqdm(total=2 * n_per_class, desc="phantom slices", unit="slice", disable=not progress)
-    for label, patient_index, n_slices in jobs:
-        rows.extend(_write_patient(out_dir, seed, label, patient_index, n_slices, image_size))
-        bar.update(n_slices)
+    num_workers = min(num_workers or os.cpu_count() or 1, len(jobs))
+    arguments = [(out_dir, seed, label, index, n_slices, image_size) for label, index, n_slices in jobs]
+    if num_workers > 1:
+        with ProcessPoolExecutor(num_workers) as pool:
+            for patient_rows in pool.map(_write_patient, *zip(*arguments), chunksize=4):
+                rows.extend(patient_rows)
+                bar.update(len(patient_rows))
+    else:
+        for args in arguments:
+            rows.extend(_write_patient(*args))
+            bar.update(args[4])
     bar.close()
     manifest = os.path.join(out_dir, "manifest.csv")
     with open(manifest, "w", newline="") as handle:
@@ -306,8 +318,11 @@ def main(argv=None) -> str:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=256, help="native rows = columns (default 256)")
     parser.add_argument("--slices-per-patient", type=int, default=3)
+    parser.add_argument("--num-workers", type=int, help="processes (default: one per CPU)")
     args = parser.parse_args(argv)
-    manifest = generate_phantom(args.out_dir, args.n_per_class, args.seed, args.image_size, args.slices_per_patient)
+    manifest = generate_phantom(
+        args.out_dir, args.n_per_class, args.seed, args.image_size, args.slices_per_patient, num_workers=args.num_workers
+    )
     print(f"wrote {2 * args.n_per_class} synthetic CT slices and {manifest}")
     return manifest
 
