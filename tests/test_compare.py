@@ -2,6 +2,7 @@
 that cannot run at the chosen size."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -38,6 +39,11 @@ def test_compare_writes_one_row_per_model_with_paired_auc_differences(signal_dat
         assert float(row["delta_auc_vs_attention"]) == pytest.approx(expected)
         assert float(row["delta_auc_ci_low"]) <= expected <= float(row["delta_auc_ci_high"])
     assert table[3]["delta_auc_vs_attention"] == ""
+    # Grad-CAM localisation per model comes from that model's own evaluation (the split has masks).
+    for row in table:
+        gradcam = json.loads((out / "eval" / row["key"] / "metrics.json").read_text())["localisation"]["gradcam"]
+        assert float(row["gradcam_pointing_game"]) == pytest.approx(gradcam["pointing_game"]["value"])
+        assert float(row["gradcam_energy_in_mask"]) == pytest.approx(gradcam["energy_in_mask"]["value"])
 
     markdown = (out / "comparison.md").read_text()
     assert markdown.count("\n| ") == 1 + len(MODELS)  # header + one row per model

@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 import training.train as train_module
-from training.train import DEFAULTS, ConfigError, main, resolve_config, train
+from training.train import DEFAULTS, ConfigError, TrainingProgress, main, resolve_config, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -105,3 +105,11 @@ def test_offline_imagenet_init_fails_with_one_clear_line(signal_dataset, tmp_pat
               "--backbone-weights", str(tmp_path / "missing.safetensors")])
     error = capsys.readouterr().err
     assert "missing.safetensors" in error.strip().splitlines()[-1] and "Traceback" not in error
+
+
+def test_best_epoch_ties_on_auc_go_to_the_lower_validation_loss():
+    progress = TrainingProgress()
+    entries = [(0.9, 0.5), (1.0, 0.8), (1.0, 0.3), (1.0, 0.4), (0.95, 0.1)]  # (val AUC, val loss) per epoch
+    best = [progress.record({"epoch": i + 1, "val_auc": auc, "val_loss": loss}) for i, (auc, loss) in enumerate(entries)]
+    assert best == [True, True, True, False, False]
+    assert (progress.best_epoch, progress.best_auc) == (3, 1.0)

@@ -67,7 +67,15 @@ def read_probabilities(predictions_csv: str) -> np.ndarray:
 
 
 def _cell(metric: dict) -> str:
+    if metric is None or metric.get("value") is None:
+        return "n/a"
     return f"{metric['value']:.3f} ({metric['ci_low']:.3f}-{metric['ci_high']:.3f})"
+
+
+def gradcam_localisation(metrics: dict) -> dict:
+    """The Grad-CAM pointing-game and energy-in-mask results of one model, None where the split has no masks."""
+    gradcam = (metrics.get("localisation") or {}).get("gradcam") or {}
+    return {name: gradcam.get(name) for name in ("pointing_game", "energy_in_mask")}
 
 
 def write_tables(rows: list, output_dir: str, settings: dict) -> str:
@@ -75,7 +83,8 @@ def write_tables(rows: list, output_dir: str, settings: dict) -> str:
     fields = ["key", "model", "backbone", "attention", "threshold", "n"]
     for name in METRIC_NAMES:
         fields += [name, f"{name}_ci_low", f"{name}_ci_high"]
-    fields += ["delta_auc_vs_attention", "delta_auc_ci_low", "delta_auc_ci_high", "delta_auc_p", "paper_auc"]
+    fields += ["delta_auc_vs_attention", "delta_auc_ci_low", "delta_auc_ci_high", "delta_auc_p",
+               "gradcam_pointing_game", "gradcam_energy_in_mask", "paper_auc"]
     with open(os.path.join(output_dir, "comparison.csv"), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -85,12 +94,15 @@ def write_tables(rows: list, output_dir: str, settings: dict) -> str:
                     "threshold": m["threshold"], "n": m["n"], "paper_auc": PAPER_AUC[row["key"]]}
             for name in METRIC_NAMES:
                 flat.update({name: m[name]["value"], f"{name}_ci_low": m[name]["ci_low"], f"{name}_ci_high": m[name]["ci_high"]})
+            localisation = gradcam_localisation(m)
+            flat.update({f"gradcam_{name}": (value or {}).get("value") for name, value in localisation.items()})
             if delta is not None:
                 flat.update({"delta_auc_vs_attention": delta["value"], "delta_auc_ci_low": delta["ci_low"],
                              "delta_auc_ci_high": delta["ci_high"], "delta_auc_p": delta["p_value"]})
             writer.writerow(flat)
 
-    header = "| model | " + " | ".join(METRIC_NAMES) + " | ΔAUC attention − model (95 % CI, p) | paper AUC |"
+    header = ("| model | " + " | ".join(METRIC_NAMES)
+              + " | ΔAUC attention − model (95 % CI, p) | Grad-CAM pointing game | Grad-CAM energy in mask | paper AUC |")
     lines = [
         "# Model comparison",
         "",
@@ -100,7 +112,7 @@ def write_tables(rows: list, output_dir: str, settings: dict) -> str:
         "interval). ΔAUC: paired bootstrap on the same resampled patients.",
         "",
         header,
-        "|---|" + "---|" * (len(METRIC_NAMES) + 2),
+        "|---|" + "---|" * (len(METRIC_NAMES) + 4),
     ]
     for row in rows:
         delta = row["delta"]
@@ -111,8 +123,15 @@ def write_tables(rows: list, output_dir: str, settings: dict) -> str:
         )
         name = row["model"] if row["backbone"] == MODELS[row["key"]][1] else f"{row['model']} [{row['backbone']}]"
         cells = [_cell(row["metrics"][metric]) for metric in METRIC_NAMES]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta_cell} | {PAPER_AUC[row['key']]:.2f} |")
-    lines += ["", "Paper AUCs are the paper's own test set (150 slices, no intervals); they are not comparable across datasets.", ""]
+        cells += [delta_cell, *(_cell(value) for value in gradcam_localisation(row["metrics"]).values())]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {PAPER_AUC[row['key']]:.2f} |")
+    lines += [
+        "",
+        "Paper AUCs are the paper's own test set (150 slices, no intervals); they are not comparable across datasets.",
+        "Grad-CAM localisation (positive test slices with lesion masks): pointing game = share of slices whose map "
+        "peaks in the lesion; energy in mask = share of the map inside the lesion; n/a without masks.",
+        "",
+    ]
     markdown = "\n".join(lines)
     with open(os.path.join(output_dir, "comparison.md"), "w") as handle:
         handle.write(markdown)

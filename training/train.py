@@ -125,13 +125,15 @@ class TrainingProgress:
     """Everything `--resume` needs besides weights, optimizer, scheduler and RNG states.
 
     Registered with Accelerate, so `save_state` / `load_state` carry it. Model selection is by
-    validation AUC (the paper's); early stopping watches validation loss, like the LR scheduler.
+    validation AUC (the paper's), ties going to the lower validation loss (a small validation split
+    often reaches AUC 1.0 several times); early stopping watches validation loss, like the LR scheduler.
     """
 
     history: list = field(default_factory=list)
     best_epoch: int = 0
     best_auc: float = -math.inf
     best_val_loss: float = math.inf
+    best_epoch_val_loss: float = math.inf
     epochs_without_improvement: int = 0
 
     def state_dict(self) -> dict:
@@ -142,7 +144,7 @@ class TrainingProgress:
             setattr(self, key, value)
 
     def record(self, entry: dict) -> bool:
-        """Appends one epoch's entry; returns True when it is the new best by validation AUC."""
+        """Appends one epoch's entry; returns True when it is the new best by validation AUC (then loss)."""
         self.history.append(entry)
         if entry["val_loss"] < self.best_val_loss:
             self.best_val_loss = entry["val_loss"]
@@ -150,8 +152,9 @@ class TrainingProgress:
         else:
             self.epochs_without_improvement += 1
         auc = entry["val_auc"] if not math.isnan(entry["val_auc"]) else -math.inf
-        if self.best_epoch == 0 or auc > self.best_auc:
-            self.best_epoch, self.best_auc = entry["epoch"], auc
+        tie_but_lower_loss = auc == self.best_auc and entry["val_loss"] < self.best_epoch_val_loss
+        if self.best_epoch == 0 or auc > self.best_auc or tie_but_lower_loss:
+            self.best_epoch, self.best_auc, self.best_epoch_val_loss = entry["epoch"], auc, entry["val_loss"]
             return True
         return False
 
