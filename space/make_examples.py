@@ -1,6 +1,6 @@
 """Regenerate the demo's example slices: one metastatic and one non-metastatic phantom slice.
 
-    python space/make_examples.py [--seed 0] [--image-size 512]
+    python space/make_examples.py [--seed 7] [--image-size 512]
 
 Run from the repository root (it uses `training.phantom`, which the Space itself never imports).
 The slices are written JPEG 2000 lossless so the examples stay well under 1 MB together.
@@ -23,7 +23,7 @@ from training.phantom import generate_phantom  # noqa: E402
 EXAMPLES_DIR = HERE / "examples"
 
 
-def make_examples(seed: int = 0, image_size: int = 512, out_dir: Path = EXAMPLES_DIR) -> list:
+def make_examples(seed: int = 7, image_size: int = 512, out_dir: Path = EXAMPLES_DIR) -> list:
     """Write `out_dir/{metastatic,non_metastatic}_phantom.dcm`; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -42,7 +42,7 @@ def make_examples(seed: int = 0, image_size: int = 512, out_dir: Path = EXAMPLES
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=7, help="default 7: a seed the quickstart (seed 0) never trains on")
     parser.add_argument("--image-size", type=int, default=512, help="rows = columns (default 512, as clinical CT)")
     args = parser.parse_args(argv)
     for path in make_examples(args.seed, args.image_size):
