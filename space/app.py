@@ -35,7 +35,7 @@ import gradio as gr  # noqa: E402
 from gradio.components.label import LabelData  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 
-from modeling.ct_dicom import check_ct_slice, read_dicom  # noqa: E402
+from modeling.ct_dicom import read_ct_hu, read_dicom  # noqa: E402
 from modeling.explain import explain, overlay  # noqa: E402
 
 QUICKSTART_MODEL = HERE.parent / "quickstart_output" / "run" / "best"
@@ -145,9 +145,9 @@ class Predictor:
         The dataset, which holds identifying tags, never leaves this function.
         """
         ds = read_dicom(path)
-        check_ct_slice(ds)
-        pixel_values = self.processor(ds, return_tensors="pt")["pixel_values"]
-        background = self.processor.to_unit_range(ds, window_center, window_width)
+        hu = read_ct_hu(ds)  # refuses what is not one CT slice; decoded once, for the model and the background
+        pixel_values = self.processor(hu, return_tensors="pt")["pixel_values"]
+        background = self.processor.to_unit_range(hu, window_center, window_width)
         return pixel_values, background, technical_metadata(ds)
 
     def predict(self, dicom_file, window_center=None, window_width=None):
