@@ -135,17 +135,21 @@ class DualAttentionResNetPreTrainedModel(PreTrainedModel):
     # Per instance (set in `__init__`): it depends on the timm backbone.
     supports_gradient_checkpointing = False
 
+    def init_weights(self):
+        """Nothing to do when the model is built: torch and timm initialise every layer as they create
+        it (timm's own schemes, e.g. `zero_init_last` in residual blocks), and re-sampling would only
+        change a seeded run. Loading calls `initialize_weights` itself for what a checkpoint lacks."""
+
     @torch.no_grad()
     def _init_weights(self, module):
-        """Initialise `module` the way timm's ResNet and torch do.
+        """Initialise `module` as timm's ResNet and torch do, for the weights a checkpoint lacks.
 
-        transformers builds the model without torch's and timm's initialisation when it loads a
-        checkpoint, so this is what every weight missing from the checkpoint (a new head, a new
-        attention branch, any backbone layer) gets; loaded weights are left alone (transformers
-        guards them). Convolutions: Kaiming normal, fan-out (timm's ResNet), bias as torch; linear
-        layers: torch's default; norms: weight 1, bias 0, fresh running statistics; a residual
-        block's last BatchNorm: 0 (timm's `zero_init_last`); any other layer with parameters of its
-        own: its `reset_parameters`, else a truncated normal of std 0.02 (timm's position embeddings).
+        transformers builds the model without initialising it when it loads a checkpoint, then calls
+        this for every module whose weights were missing (a new head, a new attention branch, any
+        backbone layer); loaded weights are left alone. Convolutions: Kaiming normal, fan-out (timm's
+        ResNet), bias as torch; linear layers: torch's default; norms: weight 1, bias 0, fresh
+        running statistics; any other layer with parameters of its own: its `reset_parameters`, else
+        a truncated normal of std 0.02 (timm's position embeddings).
         """
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -163,8 +167,6 @@ class DualAttentionResNetPreTrainedModel(PreTrainedModel):
                 nn.init.zeros_(module.running_mean)
                 nn.init.ones_(module.running_var)
                 nn.init.zeros_(module.num_batches_tracked)
-        elif hasattr(module, "zero_init_last"):  # a timm residual block; its own layers come first
-            module.zero_init_last()
         elif any(True for _ in module.parameters(recurse=False)):
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
@@ -205,7 +207,9 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
             )
         self.stage3_attention = None
         if 3 in spatial_stages:
-            self.stage3_attention = SpatialAttention(config.spatial_kernel_size, config.spatial_gate, config.spatial_padding)
+            self.stage3_attention = SpatialAttention(
+                config.spatial_kernel_size, config.spatial_gate, config.spatial_padding
+            )
             # The hook hands each forward's map to `forward` by thread: a served model answers
             # concurrent requests from several threads.
             self._stage3_maps = {}
@@ -300,7 +304,8 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
             output_hidden_states (`bool`, *optional*): also return the backbone's stage outputs.
             return_dict (`bool`, *optional*): False returns a tuple of the output's fields that are not None.
         """
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         return_dict = self.config.return_dict if return_dict is None else return_dict
         hidden_states = None
         if output_hidden_states:
