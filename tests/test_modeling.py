@@ -2,6 +2,7 @@
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -438,6 +439,23 @@ def test_spatial_variants_shapes_and_weight_names(overrides, map_side, new_keys)
     if overrides.get("spatial_attention_stages") == "3":
         default_keys.discard("dual_attention_resnet.attention.spatial.conv.weight")
     assert keys == default_keys | new_keys
+
+
+def test_stage3_maps_stay_with_their_own_request_under_concurrent_forwards():
+    """A served model answers requests from several threads; each must get its own stage-3 map."""
+    model = tiny_model(spatial_attention_stages="3")
+    inputs = [_pixels(batch=1, seed=seed) for seed in range(4)]
+    with torch.no_grad():
+        expected = [model(x).spatial_attention for x in inputs]
+
+        def forward(index):
+            return index, model(inputs[index]).spatial_attention
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(forward, [i % 4 for i in range(24)]))
+    for index, spatial in results:
+        torch.testing.assert_close(spatial, expected[index])
+    assert model.dual_attention_resnet._stage3_maps == {}  # nothing kept after the forwards
 
 
 def test_default_config_keeps_the_paper_weight_names():
