@@ -127,32 +127,9 @@ class DualAttentionResNetConfig(PretrainedConfig):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         stages = _stage_list(spatial_attention_stages)
-        if stages not in SPATIAL_ATTENTION_STAGES:
-            raise ValueError(
-                f"`spatial_attention_stages` must be one of {SPATIAL_ATTENTION_STAGES} (or 3, '3+4'), "
-                f"got {spatial_attention_stages!r}."
-            )
-        if spatial_gate not in SPATIAL_GATES:
-            raise ValueError(f"`spatial_gate` must be one of {SPATIAL_GATES}, got {spatial_gate!r}.")
-        if spatial_padding not in SPATIAL_PADDINGS:
-            raise ValueError(f"`spatial_padding` must be one of {SPATIAL_PADDINGS}, got {spatial_padding!r}.")
-        if not isinstance(attention_loss_weight, numbers.Real) or not attention_loss_weight >= 0.0:
-            raise ValueError(f"`attention_loss_weight` must be a non-negative number, got {attention_loss_weight!r}.")
-        if attention in ("channel", "none") and (stages != [4] or attention_loss_weight > 0):
-            raise ValueError(
-                f"`spatial_attention_stages` and `attention_loss_weight` need a spatial branch "
-                f"(attention 'dual' or 'spatial'), got attention={attention!r}."
-            )
-        if localisation is not None and (
-            not isinstance(localisation, dict)
-            or not set(localisation) <= set(LOCALISATION_MAPS)
-            or not all(isinstance(entry, dict) for entry in localisation.values())
-        ):
-            raise ValueError(
-                f"`localisation` must be None or a dict of {LOCALISATION_MAPS} to dicts, got {localisation!r}."
-            )
-        if threshold_note is not None and not isinstance(threshold_note, str):
-            raise ValueError(f"`threshold_note` must be None or a string, got {threshold_note!r}.")
+        _check_spatial_variant(attention, stages, spatial_attention_stages, spatial_gate, spatial_padding,
+                               attention_loss_weight)
+        _check_evaluation_notes(localisation, threshold_note)
 
         self.backbone = backbone
         self.attention = attention
@@ -188,3 +165,36 @@ def _stage_list(stages) -> list:
     if isinstance(stages, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) for s in stages):
         return sorted(stages)
     return stages
+
+
+def _check_spatial_variant(attention, stages, given_stages, spatial_gate, spatial_padding, attention_loss_weight):
+    """One-line ValueErrors for the spatial branch's variant fields (`stages` is `given_stages` normalised)."""
+    if stages not in SPATIAL_ATTENTION_STAGES:
+        raise ValueError(
+            f"`spatial_attention_stages` must be one of {SPATIAL_ATTENTION_STAGES} (or 3, '3+4'), got {given_stages!r}."
+        )
+    if spatial_gate not in SPATIAL_GATES:
+        raise ValueError(f"`spatial_gate` must be one of {SPATIAL_GATES}, got {spatial_gate!r}.")
+    if spatial_padding not in SPATIAL_PADDINGS:
+        raise ValueError(f"`spatial_padding` must be one of {SPATIAL_PADDINGS}, got {spatial_padding!r}.")
+    if not isinstance(attention_loss_weight, numbers.Real) or not attention_loss_weight >= 0.0:
+        raise ValueError(f"`attention_loss_weight` must be a non-negative number, got {attention_loss_weight!r}.")
+    if attention in ("channel", "none") and (stages != [4] or attention_loss_weight > 0):
+        raise ValueError(
+            "`spatial_attention_stages` and `attention_loss_weight` need a spatial branch "
+            f"(attention 'dual' or 'spatial'), got attention={attention!r}."
+        )
+
+
+def _check_evaluation_notes(localisation, threshold_note):
+    """One-line ValueErrors for the fields that evaluation fills in."""
+    if localisation is not None and (
+        not isinstance(localisation, dict)
+        or not set(localisation) <= set(LOCALISATION_MAPS)
+        or not all(isinstance(entry, dict) for entry in localisation.values())
+    ):
+        raise ValueError(
+            f"`localisation` must be None or a dict of {LOCALISATION_MAPS} to dicts, got {localisation!r}."
+        )
+    if threshold_note is not None and not isinstance(threshold_note, str):
+        raise ValueError(f"`threshold_note` must be None or a string, got {threshold_note!r}.")
