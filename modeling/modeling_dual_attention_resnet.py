@@ -3,7 +3,8 @@ last stage, global pooling, dropout and one metastasis logit.
 
 Paper: "Lymph Node Metastasis Detection in Pancreatic Ductal Adenocarcinoma using ResNet with
 Attention Mechanism". The same classes serve the paper's baselines (ResNet-50, VGG16, ViT-B/16) with
-`attention="none"`.
+`attention="none"`. Config fields move the spatial branch to stage 3 (or add it there), change its
+gate and padding, and supervise its map with lesion masks; the defaults are the paper's model.
 """
 
 import math
@@ -115,6 +116,15 @@ def _stage_output_module(backbone: nn.Module, index: int) -> nn.Module:
     if isinstance(module, nn.Sequential) and len(module) > 0:
         return module[-1]
     return module
+
+
+def _last_stage_attention_mode(attention: str, spatial_stages: list) -> Optional[str]:
+    """The `DualAttention` mode on the last stage, or None: the spatial branch moves to stage 3 when asked."""
+    if attention == "none":
+        return None
+    if attention == "channel" or 4 in spatial_stages:
+        return attention
+    return "channel" if attention == "dual" else None
 
 
 def _supports_grad_checkpointing(backbone: nn.Module) -> bool:
@@ -324,15 +334,6 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
             spatial_attention=stage3_map if stage3_map is not None else spatial_attention,
         )
         return output if return_dict else output.to_tuple()
-
-
-def _last_stage_attention_mode(attention: str, spatial_stages: list) -> Optional[str]:
-    """The `DualAttention` mode on the last stage, or None: the spatial branch moves to stage 3 when asked."""
-    if attention == "none":
-        return None
-    if attention == "channel" or 4 in spatial_stages:
-        return attention
-    return "channel" if attention == "dual" else None
 
 
 class DualAttentionResNetForImageClassification(DualAttentionResNetPreTrainedModel):
