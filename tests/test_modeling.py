@@ -529,3 +529,15 @@ def test_attention_supervision_adds_to_the_loss_and_reaches_the_spatial_conv(sta
     spatial_conv = (base.stage3_attention if stages == "3" else base.attention.spatial).conv
     (output.loss - plain_output.loss.detach()).backward()
     assert spatial_conv.weight.grad is not None and spatial_conv.weight.grad.abs().sum() > 0
+
+
+def test_attention_supervision_runs_under_bf16_autocast():
+    """BCE on probabilities is refused under CUDA autocast; the loss is written out in float32 instead."""
+    mask = torch.zeros(2, TINY_SIZE, TINY_SIZE)
+    mask[0, 5:20, 40:60] = 1
+    model = tiny_model(spatial_attention_stages="3", attention_loss_weight=1.0).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(_pixels(), labels=torch.tensor([1, 0]), lesion_mask=mask).loss
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert model.dual_attention_resnet.stage3_attention.conv.weight.grad.abs().sum() > 0
