@@ -504,7 +504,7 @@ def _read_files(paths: Sequence[str], names: Sequence[str]) -> List[CTVolume]:
         if path.lower().endswith(NIFTI_SUFFIXES):
             try:
                 volumes.append(read_nifti(path))
-            except ValueError as error:
+            except (ValueError, ImportError) as error:  # damaged, or nibabel not installed
                 skipped.append((name, str(error)))
         elif path.lower().endswith(".zip"):
             skipped.append((name, "a zip inside a folder or zip is not read; pass it on its own"))
