@@ -16,7 +16,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .provenance import TrainingProvenance
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
-PAPER_TITLE = "Lymph Node Metastasis Detection in Pancreatic Ductal Adenocarcinoma using ResNet with Attention Mechanism"
+PAPER_TITLE = (
+    "Lymph Node Metastasis Detection in Pancreatic Ductal Adenocarcinoma using ResNet with Attention Mechanism"
+)
 TAGS = ["medical-imaging", "ct", "pdac", "pancreatic-cancer", "lymph-node", "grad-cam", "attention", "resnet", "timm"]
 # (metrics.json key, label on the card, model-index metric type: the Hub's metric ids where one exists)
 METRICS = (
@@ -80,7 +82,9 @@ def localisation_rows(localisation: Optional[dict]) -> list:
         for key, label in LOCALISATION_METRICS:
             metric = ((localisation or {}).get(method) or {}).get(key)
             if metric:
-                text = f"{metric['value']:.3f} ({interval_text(metric, ' to ')})" if is_number(metric["value"]) else "undefined"
+                text = "undefined"
+                if is_number(metric["value"]):
+                    text = f"{metric['value']:.3f} ({interval_text(metric, ' to ')})"
                 rows.append({"method": name, "label": label, "text": text})
     return rows
 

@@ -23,6 +23,7 @@ from conftest import TINY_SIZE, tiny_model, write_tiny_prepared
 from hub_upload import TrainingProvenance, read_provenance, stage_model_repo, stage_space
 from hub_upload import push as push_module
 from hub_upload.__main__ import main
+from hub_upload.code_files import MODELING_DIR
 from hub_upload.space import SPACE_DIR
 from modeling import CTImageProcessor
 from training.dicom_writer import write_ct_dicom
@@ -92,6 +93,13 @@ def staged(tiny_model_dir, eval_dir, tmp_path_factory):
     return out
 
 
+def copy_model_folder(model_dir: Path, destination: Path, weights: bool = True) -> Path:
+    """A copy of a saved model folder (configs and the code saved with it), with or without its weights."""
+    ignore = shutil.ignore_patterns("*.safetensors") if not weights else None
+    shutil.copytree(model_dir, destination, ignore=ignore)
+    return destination
+
+
 def files_under(folder: Path) -> set:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 
@@ -130,7 +138,8 @@ def test_staged_repo_holds_exactly_the_hub_files(staged):
     assert not extra_code, f"staged modules nobody imports: {extra_code}"
     assert not list(staged.parent.glob(".out.*")), "temporary staging folders left behind"
     config = json.loads((staged / "config.json").read_text())
-    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor"}
+    assert set(config["auto_map"]) == {
+        "AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor"}
 
 
 SPACE_READY = all((SPACE_DIR / name).is_file() for name in ("app.py", "README.md", "requirements.txt"))
@@ -219,10 +228,7 @@ def test_staged_repo_loads_as_remote_code_with_the_same_logits(staged, fresh_pro
 
 
 def test_pickle_only_model_is_converted_to_safetensors(tiny_model_dir, tmp_path):
-    pickled = tmp_path / "pickled"
-    pickled.mkdir()
-    for name in ("config.json", "preprocessor_config.json"):
-        (pickled / name).write_bytes((tiny_model_dir / name).read_bytes())
+    pickled = copy_model_folder(tiny_model_dir, tmp_path / "pickled", weights=False)
     model = tiny_model()
     torch.save(model.state_dict(), pickled / "pytorch_model.bin")
 
@@ -246,10 +252,7 @@ class RunsCodeWhenUnpickled:
 
 
 def test_pickle_with_code_is_refused_without_running_it(tiny_model_dir, tmp_path):
-    pickled = tmp_path / "pickled"
-    pickled.mkdir()
-    for name in ("config.json", "preprocessor_config.json"):
-        (pickled / name).write_bytes((tiny_model_dir / name).read_bytes())
+    pickled = copy_model_folder(tiny_model_dir, tmp_path / "pickled", weights=False)
     marker = tmp_path / "code_ran"
     torch.save({"weight": RunsCodeWhenUnpickled(marker)}, pickled / "pytorch_model.bin")
 
@@ -257,6 +260,55 @@ def test_pickle_with_code_is_refused_without_running_it(tiny_model_dir, tmp_path
         stage_model_repo(pickled, tmp_path / "out", repo_id="me/pdac-ln", provenance=PHANTOM)
     assert "\n" not in str(refused.value)
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_stages_the_code_saved_with_the_weights_and_says_when_it_differs(tiny_model_dir, tmp_path, capsys):
+    model = copy_model_folder(tiny_model_dir, tmp_path / "model")
+    with open(model / "attention.py", "a") as saved:
+        saved.write("# as the model was trained last month\n")
+    argv = ["--model", str(model), "--repo-id", "me/pdac-ln", "--dry-run", "--trained-on", "phantom"]
+
+    assert main(argv + ["--stage-dir", str(tmp_path / "saved")]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: the code saved with the weights differs from modeling/ in attention.py; publishing the saved code"]
+    assert (tmp_path / "saved" / "attention.py").read_bytes() == (model / "attention.py").read_bytes()
+    assert (tmp_path / "saved" / "modeling_dual_attention_resnet.py").read_bytes() == (
+        model / "modeling_dual_attention_resnet.py").read_bytes()
+
+    assert main(argv + ["--code", "current", "--stage-dir", str(tmp_path / "current")]) == 0
+    assert "publishing today's modeling/ (--code current)" in capsys.readouterr().out
+    assert (tmp_path / "current" / "attention.py").read_bytes() == (MODELING_DIR / "attention.py").read_bytes()
+
+    unchanged = ["--model", str(tiny_model_dir), "--repo-id", "me/pdac-ln", "--dry-run", "--trained-on", "phantom"]
+    assert main(unchanged + ["--stage-dir", str(tmp_path / "unchanged")]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_stages_the_custom_pipeline_config_json_names(tiny_model_dir, tmp_path, capsys):
+    """`custom_pipelines` (transformers' format) names a file of the model folder; it and its relative
+    imports are staged, and a folder missing one is refused in one line."""
+    model = copy_model_folder(tiny_model_dir, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    config["custom_pipelines"] = {"image-classification": {
+        "impl": "pipeline_ct.CTImageClassificationPipeline", "pt": ["AutoModelForImageClassification"],
+        "tf": [], "type": "image"}}
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "pipeline_ct.py").write_text(
+        "from .dicom_inputs import read_input\n\n\nclass CTImageClassificationPipeline:\n    pass\n")
+    (model / "dicom_inputs.py").write_text("def read_input(path):\n    return path\n")
+
+    out = stage_model_repo(model, tmp_path / "out", repo_id="me/pdac-ln", provenance=PHANTOM)
+    assert {"pipeline_ct.py", "dicom_inputs.py"} <= files_under(out)
+    assert json.loads((out / "config.json").read_text())["custom_pipelines"] == config["custom_pipelines"]
+
+    (model / "dicom_inputs.py").unlink()
+    argv = ["--model", str(model), "--repo-id", "me/pdac-ln", "--dry-run", "--trained-on", "phantom",
+            "--stage-dir", str(tmp_path / "refused")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dicom_inputs.py not found" in err and "--code current" in err
+    assert not (tmp_path / "refused").exists()
 
 
 # --- the model card ---------------------------------------------------------------------------------------------
@@ -280,7 +332,8 @@ def test_card_metadata_parses_and_carries_the_metrics(staged, eval_dir):
                 continue
             result = results[(level, hub_names.get(key, key))]
             assert result.metric_value == block[key]["value"]
-            assert (result.metric_args["ci_low"], result.metric_args["ci_high"]) == (block[key]["ci_low"], block[key]["ci_high"])
+            interval_args = (result.metric_args["ci_low"], result.metric_args["ci_high"])
+            assert interval_args == (block[key]["ci_low"], block[key]["ci_high"])
             assert result.metric_args["threshold"] == metrics["threshold"]
             assert result.dataset_split == "test"
     assert len(results) == 11
@@ -321,9 +374,7 @@ def test_training_data_is_read_from_the_run(tiny_model_dir, prepared_dataset, ph
     prepare_dataset(phantom_dir, phantom_from_folders, size=TINY_SIZE, seed=0, num_workers=1)
     other_ds = write_tiny_prepared(tmp_path / "other_ds")  # patients "train-00", ...: not the phantom
     run = tmp_path / "run"
-    (run / "best").mkdir(parents=True)
-    for name in ("config.json", "preprocessor_config.json", "model.safetensors"):
-        (run / "best" / name).write_bytes((tiny_model_dir / name).read_bytes())
+    copy_model_folder(tiny_model_dir, run / "best")
     (run / "config.yaml").write_text(
         f"data: {prepared_dataset}\nepochs: 3\nlr: 0.0001\npretrained_backbone: false\n"
         "backbone_weights: /secret/weights.pth\noutput_dir: /secret/run\n"
@@ -371,7 +422,8 @@ def test_stages_what_training_evaluate_writes(tiny_model_dir, prepared_dataset, 
                            eval_dir=tmp_path / "eval")
 
     card = ModelCard.load(out / "README.md")
-    slice_auc = next(r for r in card.data.eval_results if r.metric_type == "roc_auc" and r.metric_config == "slice-level")
+    slice_auc = next(
+        r for r in card.data.eval_results if r.metric_type == "roc_auc" and r.metric_config == "slice-level")
     assert slice_auc.metric_value == metrics["auc_roc"]["value"]
     assert slice_auc.metric_args["threshold"] == metrics["threshold"]
     assert json.loads((out / "config.json").read_text())["decision_threshold"] == metrics["threshold"]
@@ -392,10 +444,7 @@ def test_stage_refuses_to_overwrite_and_leaves_nothing_on_failure(tiny_model_dir
     assert "pass --overwrite" in capsys.readouterr().err
     assert [p.name for p in keep.iterdir()] == ["notes.txt"]
 
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
-    (broken / "preprocessor_config.json").write_text((tiny_model_dir / "preprocessor_config.json").read_text())
+    broken = copy_model_folder(tiny_model_dir, tmp_path / "broken", weights=False)
     assert main(["--model", str(broken), "--repo-id", "me/pdac-ln", "--dry-run", "--trained-on", "phantom",
                  "--stage-dir", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
@@ -449,7 +498,8 @@ def test_space_refuses_example_dicoms_that_are_not_phantoms(tmp_path):
 
 
 def test_push_without_network_fails_in_one_line_and_never_shows_the_token(tiny_model_dir, eval_dir, tmp_path):
-    args = ["--model", str(tiny_model_dir), "--eval", str(eval_dir), "--repo-id", "me/pdac-ln", "--trained-on", "phantom"]
+    args = ["--model", str(tiny_model_dir), "--eval", str(eval_dir), "--repo-id", "me/pdac-ln",
+            "--trained-on", "phantom"]
     cases = {
         "offline": {"HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "1"},
         "no token": {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"},
@@ -490,7 +540,8 @@ class RecordingHfApi:
     def upload_folder(self, **kwargs):
         if self.fail_with:
             raise RuntimeError(self.fail_with)
-        files = sorted(str(p.relative_to(kwargs["folder_path"])) for p in Path(kwargs["folder_path"]).rglob("*") if p.is_file())
+        folder = Path(kwargs["folder_path"])
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
         self.calls.append(("upload_folder", {**kwargs, "files": files}))
         from huggingface_hub import CommitInfo
 
@@ -503,20 +554,24 @@ class RecordingHfApi:
 
 
 @needs_space
-def test_push_honours_flags_and_wires_the_space_to_the_model_commit(tiny_model_dir, eval_dir, tmp_path, monkeypatch, capsys):
+def test_push_honours_flags_and_wires_the_space_to_the_model_commit(
+    tiny_model_dir, eval_dir, tmp_path, monkeypatch, capsys
+):
     RecordingHfApi.calls, RecordingHfApi.fail_with = [], None
     monkeypatch.setattr(push_module, "HfApi", RecordingHfApi)
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     monkeypatch.setattr(push_module.constants, "is_offline_mode", lambda: False)
-    argv = ["--model", str(tiny_model_dir), "--eval", str(eval_dir), "--repo-id", "me/pdac-ln", "--trained-on", "phantom",
-            "--private", "--revision", "v1", "--space-id", "me/pdac-ln-demo", "--stage-dir", str(tmp_path / "out")]
+    argv = ["--model", str(tiny_model_dir), "--eval", str(eval_dir), "--repo-id", "me/pdac-ln",
+            "--trained-on", "phantom", "--private", "--revision", "v1", "--space-id", "me/pdac-ln-demo",
+            "--stage-dir", str(tmp_path / "out")]
     assert main(argv) == 0
     calls = [(name, kw) for name, kw in RecordingHfApi.calls if name != "init"]
     assert all(kw["token_given"] for name, kw in RecordingHfApi.calls if name == "init")
     create_model, branch, upload_model, create_space, upload_space, *variables = calls
     assert create_model == ("create_repo", {"repo_id": "me/pdac-ln", "repo_type": "model", "private": True,
                                             "exist_ok": True, "space_sdk": None})
-    assert branch == ("create_branch", {"repo_id": "me/pdac-ln", "branch": "v1", "repo_type": "model", "exist_ok": True})
+    assert branch == ("create_branch",
+                      {"repo_id": "me/pdac-ln", "branch": "v1", "repo_type": "model", "exist_ok": True})
     assert upload_model[1]["revision"] == "v1" and upload_model[1]["create_pr"] is False
     assert upload_model[1]["delete_patterns"] == "*"  # stale remote files (an old pickle) go in the same commit
     assert "AUC 0.910, 95% CI 0.840-0.970" in upload_model[1]["commit_message"]
@@ -541,4 +596,5 @@ def test_push_error_is_one_line_with_the_token_blanked(tiny_model_dir, tmp_path,
     assert main(argv) == 1
     out = capsys.readouterr()
     assert FAKE_TOKEN not in out.out + out.err
-    assert out.err == "error: pushing to model me/pdac-ln failed: RuntimeError: 401 Unauthorized request headers: authorization: Bearer ***\n"
+    assert out.err == ("error: pushing to model me/pdac-ln failed: RuntimeError: 401 Unauthorized "
+                       "request headers: authorization: Bearer ***\n")
