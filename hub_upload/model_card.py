@@ -13,12 +13,11 @@ from typing import Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from training.paper import PAPER_TITLE, paper_table_rows
+
 from .provenance import TrainingProvenance
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
-PAPER_TITLE = (
-    "Lymph Node Metastasis Detection in Pancreatic Ductal Adenocarcinoma using ResNet with Attention Mechanism"
-)
 TAGS = ["medical-imaging", "ct", "pdac", "pancreatic-cancer", "lymph-node", "grad-cam", "attention", "resnet", "timm"]
 # (metrics.json key, label on the card, model-index metric type: the Hub's metric ids where one exists)
 METRICS = (
@@ -32,13 +31,6 @@ METRICS = (
 # The card's `metrics:` list takes Hub metric ids; specificity has none and stays in the model-index only.
 HUB_METRIC_IDS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 LOCALISATION_METRICS = (("pointing_game", "Pointing game"), ("energy_in_mask", "Energy in mask"))
-# The paper's test-set results (150 slices, no intervals), from ../shared/METHOD.md.
-PAPER_RESULTS = (
-    ("VGG16", "79.33", "75.50", "83.33", "79.20", "0.88"),
-    ("ResNet50", "81.33", "78.40", "86.67", "82.30", "0.91"),
-    ("ViT-B/16", "83.33", "80.10", "89.33", "84.50", "0.93"),
-    ("ResNet-50 + dual attention", "87.33", "82.56", "94.67", "88.20", "0.97"),
-)
 ATTENTION_TEXT = {
     "dual": "channel (squeeze-and-excitation) and spatial (CBAM-style) attention, summed",
     "channel": "channel attention only (squeeze-and-excitation)",
@@ -200,5 +192,5 @@ def build_model_card(
         localisation_rows=localisation_rows(metrics.get("localisation")) if metrics else [],
         figures=figures,
         paper_title=PAPER_TITLE,
-        paper_results=PAPER_RESULTS,
+        paper_rows=paper_table_rows(),
     )

@@ -7,7 +7,13 @@ in a process that never imported this package.
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
-from .configuration_dual_attention_resnet import ATTENTION_MODES, METASTATIC_LABEL, DualAttentionResNetConfig
+from .configuration_dual_attention_resnet import (
+    ATTENTION_MODES,
+    CLASS_NAMES,
+    METASTATIC_LABEL,
+    NON_METASTATIC_LABEL,
+    DualAttentionResNetConfig,
+)
 from .image_processing_ct import CTImageProcessor, apply_window
 from .modeling_dual_attention_resnet import (
     DualAttentionImageClassifierOutput,
@@ -30,7 +36,9 @@ CTImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "ATTENTION_MODES",
+    "CLASS_NAMES",
     "METASTATIC_LABEL",
+    "NON_METASTATIC_LABEL",
     "CTImageProcessor",
     "DualAttentionImageClassifierOutput",
     "DualAttentionResNetConfig",

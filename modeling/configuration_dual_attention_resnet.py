@@ -12,6 +12,9 @@ from transformers import PretrainedConfig
 
 ATTENTION_MODES = ("dual", "channel", "spatial", "none")
 METASTATIC_LABEL = "metastatic"
+NON_METASTATIC_LABEL = "non_metastatic"
+# The binary label's names, index = label: class folders, prepared datasets, CSVs and the demo use these.
+CLASS_NAMES = [NON_METASTATIC_LABEL, METASTATIC_LABEL]
 # Written into config.json so that a saved folder answers every Auto class as remote code, not only
 # the class that happened to be saved.
 AUTO_MAP = {

@@ -27,12 +27,12 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from .configuration_dual_attention_resnet import NON_METASTATIC_LABEL
 from .ct_dicom import read_ct_hu, read_dicom
 from .explain import explain, overlay
 from .image_processing_ct import IMAGE_SUFFIXES
 
 CSV_COLUMNS = ("path", "status", "probability", "label", "error", "warning", "explanation")
-NEGATIVE_LABEL = "non_metastatic"
 # Bulk of a calibrated CT slice: air at about -1000 HU up to dense bone and contrast.
 CT_RANGE_HU = (-1100.0, 3500.0)
 SKIPPED_NAMES = ("DICOMDIR",)
@@ -179,7 +179,7 @@ def predict_files(
                     probability = float(probabilities[position])
                     row.update(
                         probability=f"{probability:.6f}",
-                        label=positive_label if probability >= threshold else NEGATIVE_LABEL,
+                        label=positive_label if probability >= threshold else NON_METASTATIC_LABEL,
                     )
                     if explain_dir:
                         row["explanation"] = explanation_name(row_number, row["path"])

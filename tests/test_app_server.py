@@ -44,8 +44,8 @@ def test_predict_over_http(client, demo_server, tmp_path):
 
     confidences = {item["label"]: item["confidence"] for item in label["confidences"]}
     assert 0.0 <= confidences["metastatic"] <= 1.0
-    assert label["label"] == ("metastatic" if confidences["metastatic"] >= 0.5 else "non-metastatic")
-    assert confidences["non-metastatic"] == pytest.approx(1.0 - confidences["metastatic"])
+    assert label["label"] == ("metastatic" if confidences["metastatic"] >= 0.5 else "non_metastatic")
+    assert confidences["non_metastatic"] == pytest.approx(1.0 - confidences["metastatic"])
     for path in (attention_path, gradcam_path):
         with Image.open(path) as image:
             assert image.format == "PNG" and image.mode == "RGB" and image.size == (96, 96)

@@ -7,7 +7,6 @@ or to a recording stand-in for `HfApi`.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +15,11 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SIZE, tiny_model, write_tiny_prepared
 from huggingface_hub import ModelCard, SpaceCard, metadata_load
 from PIL import Image
 
-from conftest import TINY_SIZE, tiny_model, write_tiny_prepared
+from benchmarks.serving import free_port
 from hub_upload import TrainingProvenance, read_provenance, stage_model_repo, stage_space
 from hub_upload import push as push_module
 from hub_upload.__main__ import main
@@ -102,12 +102,6 @@ def copy_model_folder(model_dir: Path, destination: Path, weights: bool = True) 
 
 def files_under(folder: Path) -> set:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_cli(args, env_overrides, cwd):
@@ -502,8 +496,8 @@ def test_push_without_network_fails_in_one_line_and_never_shows_the_token(tiny_m
             "--trained-on", "phantom"]
     cases = {
         "offline": {"HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "1"},
-        "no token": {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"},
-        "unreachable": {"HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"},
+        "no token": {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"},
+        "unreachable": {"HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"},
     }
     outputs = {}
     for case, env in cases.items():
