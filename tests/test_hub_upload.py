@@ -136,9 +136,6 @@ def test_staged_repo_holds_exactly_the_hub_files(staged):
         "AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor"}
 
 
-SPACE_READY = all((SPACE_DIR / name).is_file() for name in ("app.py", "README.md", "requirements.txt"))
-needs_space = pytest.mark.skipif(not SPACE_READY, reason="space/app.py, README.md and requirements.txt not written yet")
-
 # Run in one fresh interpreter (torch + transformers + gradio imports dominate the cost): first the
 # staged model repo through every Auto class and the pipeline, checked to import nothing of this
 # repository; then, like a Space does, the staged Space's app.py with MODEL_ID set to that repo.
@@ -169,13 +166,12 @@ report = {
     "logits": logits.tolist(), "pooled_shape": list(pooled.shape),
     "pipeline": score, "png_probability": torch.sigmoid(png_logit)[0, 0].item(),
 }
-if space:
-    os.environ["MODEL_ID"] = repo  # what the push sets as a Space variable
-    os.chdir(space)
-    sys.path.insert(0, space)  # as `python app.py` in the Space's folder
-    import app
-    report["space"] = {"modeling": sys.modules["modeling"].__file__, "model": app._source,
-                       "served": type(app.demo).__name__}
+os.environ["MODEL_ID"] = repo  # what the push sets as a Space variable
+os.chdir(space)
+sys.path.insert(0, space)  # as `python app.py` in the Space's folder
+import app
+report["space"] = {"modeling": sys.modules["modeling"].__file__, "model": app._source,
+                   "served": type(app.demo).__name__}
 print(json.dumps(report))
 """
 HU_SLICE = np.random.default_rng(0).uniform(-300, 400, size=(80, 80)).astype(np.float32)
@@ -184,8 +180,6 @@ HU_SLICE = np.random.default_rng(0).uniform(-300, 400, size=(80, 80)).astype(np.
 @pytest.fixture(scope="module")
 def staged_space(tmp_path_factory):
     """(path, files as staged): running app.py later adds files of its own (Gradio writes app.pyi)."""
-    if not SPACE_READY:
-        return None, None
     path = stage_space(tmp_path_factory.mktemp("space_stage") / "space", model_id="me/pdac-ln")
     return path, files_under(path)
 
@@ -199,7 +193,7 @@ def fresh_process(staged, staged_space, tmp_path_factory):
     env = {**os.environ, "HF_MODULES_CACHE": str(folder / "modules"), "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
     env.pop("MODEL_ID", None)
-    space = staged_space[0] or ""
+    space = staged_space[0]
     command = [sys.executable, "-I", "-B", "-c", FRESH_PROCESS_SCRIPT, str(staged), str(folder / "hu.npy"), str(space)]
     result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -459,7 +453,6 @@ def test_bad_metrics_json_is_refused_in_one_line(tiny_model_dir, tmp_path, capsy
 # --- the Space ----------------------------------------------------------------------------------------------------
 
 
-@needs_space
 def test_staged_space_imports_its_own_modeling_and_serves_the_staged_model(staged, staged_space, fresh_process):
     space, files = staged_space
     assert {"app.py", "requirements.txt", "README.md", "modeling/__init__.py", "modeling/explain.py",
@@ -547,7 +540,6 @@ class RecordingHfApi:
         self.calls.append(("add_space_variable", {"repo_id": repo_id, key: value}))
 
 
-@needs_space
 def test_push_honours_flags_and_wires_the_space_to_the_model_commit(
     tiny_model_dir, eval_dir, tmp_path, monkeypatch, capsys
 ):

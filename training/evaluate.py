@@ -31,6 +31,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from modeling import CLASS_NAMES, CTImageProcessor, DualAttentionResNetForImageClassification  # noqa: E402
 from training.data import load_prepared, torch_splits  # noqa: E402
+from training.localisation import localisation_metrics  # noqa: E402
 from training.metrics import (  # noqa: E402
     METRIC_NAMES,
     binary_confusion_matrix,
@@ -70,11 +71,6 @@ def localisation(model, split, raw_split, resamples: int, seed: int) -> Optional
     """Attention / Grad-CAM localisation on positive slices that have lesion masks, or None if there are none."""
     rows = [i for i, (label, has_mask) in enumerate(zip(raw_split["label"], raw_split["has_mask"])) if label == 1 and has_mask]
     if not rows:
-        return None
-    try:
-        from training.localisation import localisation_metrics
-    except ModuleNotFoundError:  # written in parallel by the explanations work; absent in older checkouts
-        print("note: training.localisation is not available; localisation not reported", file=sys.stderr)
         return None
     pixel_values = torch.stack([split[i]["pixel_values"] for i in rows])
     masks = torch.as_tensor(np.stack([np.asarray(raw_split[i]["mask"]) for i in rows]))

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from modeling import ATTENTION_MODES, DualAttentionResNetConfig, DualAttentionResNetForImageClassification  # noqa: E402
 from training.data import load_prepared, processor_from_info, torch_splits  # noqa: E402
 
-# The paper's protocol (../shared/METHOD.md); training/configs/paper.yaml spells the same values out.
+# The paper's protocol (training.paper.PAPER_TITLE); training/configs/paper.yaml spells the same values out.
 DEFAULTS = {
     "data": None,
     "output_dir": None,
