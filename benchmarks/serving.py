@@ -58,7 +58,7 @@ def serve_demo(model_dir, log, *, upload_dir=None, timeout_s: float = 300, extra
     a cold import of torch and gradio on a busy machine.
     """
     port = free_port()
-    env = {**os.environ}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log shows what the server printed, when it printed it
     env.pop("MODEL_ID", None)
     if upload_dir is not None:
         env["GRADIO_TEMP_DIR"] = str(upload_dir)

@@ -185,13 +185,20 @@ def test_identifying_tags_are_never_shown_or_logged(predictor, tmp_path, capsys,
     ds = ct_dataset(_abdomen_hu(), patient_id="PHANTOM-0001")
     for keyword, value in IDENTIFYING.items():
         setattr(ds, keyword, value)
+    ds.Manufacturer = "MARKER-SCANNER-7"  # a technical tag: it must be shown
     path = tmp_path / "identified.dcm"
     ds.save_as(path, enforce_file_format=True)
 
     with caplog.at_level(logging.DEBUG):
+        # positive controls: what the libraries log or print while predicting is captured below
+        logging.getLogger("gradio").debug("MARKER-LOGGED")
+        print("MARKER-PRINTED")
+        print("MARKER-PRINTED", file=sys.stderr)
         label, _, _, metadata = predictor.predict(str(path))
     shown = json.dumps(metadata) + json.dumps(label)
     captured = capsys.readouterr()
+    assert "MARKER-SCANNER-7" in shown and "MARKER-LOGGED" in caplog.text
+    assert "MARKER-PRINTED" in captured.out and "MARKER-PRINTED" in captured.err
     for value in IDENTIFYING.values():
         for text in (shown, captured.out, captured.err, caplog.text):
             assert value not in text and value.replace("^", " ") not in text

@@ -12,6 +12,7 @@ from pydicom.data import get_testdata_file
 from training.dicom_writer import ct_dataset
 
 IDENTIFYING = {"PatientName": "ROE^RICHARD", "PatientID": "MRN-90817263", "PatientBirthDate": "19540709"}
+SHOWN_MARKER = "MARKER-SCANNER-9"
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,7 @@ def _identified_slice(path):
     ds = ct_dataset(hu, patient_id="PHANTOM-0002")
     for keyword, value in IDENTIFYING.items():
         setattr(ds, keyword, value)
+    ds.Manufacturer = SHOWN_MARKER  # a technical tag: it must be shown
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -53,6 +55,8 @@ def test_predict_over_http(client, demo_server, tmp_path):
 
     shown = json.dumps(metadata) + json.dumps(label)
     served_log = demo_server.log.read_text()
+    # positive controls: the shown metadata comes from this file, and the log is this server's (unbuffered) output
+    assert SHOWN_MARKER in shown and demo_server.url.rstrip("/") in served_log
     for value in IDENTIFYING.values():
         assert value not in shown and value not in served_log
     assert not list(demo_server.upload_dir.rglob("slice.dcm")), "the upload must be deleted after the request"

@@ -440,6 +440,23 @@ def test_stage_refuses_to_overwrite_and_leaves_nothing_on_failure(tiny_model_dir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "mine"]  # no out/, no temporary folder
 
 
+def test_overwrite_replaces_a_staged_folder_as_a_whole(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_model_dir), "--dry-run", "--trained-on", "phantom", "--stage-dir", str(out)]
+    assert main(argv + ["--repo-id", "me/first"]) == 0
+    (out / "left_over.txt").write_text("from an earlier stage")
+    assert main(argv + ["--repo-id", "me/second"]) == 1  # without --overwrite the first stage stays
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert 'repo = "me/first"' in (out / "README.md").read_text()
+
+    assert main(argv + ["--repo-id", "me/second", "--overwrite"]) == 0
+    readme = (out / "README.md").read_text()
+    assert 'repo = "me/second"' in readme and "me/first" not in readme
+    assert not (out / "left_over.txt").exists(), "the old folder is replaced, not merged into"
+    assert (out / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "no temporary or previous folder left behind"
+
+
 def test_bad_metrics_json_is_refused_in_one_line(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "metrics.json").write_text(json.dumps({"split": "test", "n": 3, "threshold": 0.5}))
@@ -568,8 +585,22 @@ def test_push_honours_flags_and_wires_the_space_to_the_model_commit(
                          ("add_space_variable", {"repo_id": "me/pdac-ln-demo",
                                                  "MODEL_REVISION": "0123456789abcdef0123456789abcdef01234567"})]
     out = capsys.readouterr()
+    assert "pushed model: https://hf.co/me/pdac-ln/commit/" in out.out  # positive control: the push was reported
     assert FAKE_TOKEN not in out.out + out.err
     assert (tmp_path / "out" / "README.md").is_file() and (tmp_path / "out-space" / "app.py").is_file()
+
+
+def test_keep_remote_files_deletes_nothing_on_the_hub(tiny_model_dir, tmp_path, monkeypatch):
+    RecordingHfApi.calls, RecordingHfApi.fail_with = [], None
+    monkeypatch.setattr(push_module, "HfApi", RecordingHfApi)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr(push_module.constants, "is_offline_mode", lambda: False)
+    argv = ["--model", str(tiny_model_dir), "--repo-id", "me/pdac-ln", "--trained-on", "phantom",
+            "--space-id", "me/pdac-ln-demo", "--keep-remote-files"]
+    assert main(argv) == 0
+    uploads = [kwargs for name, kwargs in RecordingHfApi.calls if name == "upload_folder"]
+    assert [upload["repo_type"] for upload in uploads] == ["model", "space"]
+    assert [upload["delete_patterns"] for upload in uploads] == [None, None]
 
 
 def test_push_error_is_one_line_with_the_token_blanked(tiny_model_dir, tmp_path, monkeypatch, capsys):
