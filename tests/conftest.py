@@ -1,6 +1,7 @@
 """Shared fixtures. Nothing here touches the network: tiny random models, synthetic DICOMs."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -20,6 +21,7 @@ from modeling import (  # noqa: E402
 )
 
 TINY_BACKBONE = "resnet10t"
+FUZZ_PATIENT = "ROE^FUZZ-4242"  # name and ID of the fuzzed files' patient: must never be echoed
 TINY_SIZE = 64
 
 
@@ -94,6 +96,28 @@ def demo_server(tiny_model_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo_server")
     with serve_demo(tiny_model_dir, folder / "log.txt", upload_dir=folder / "gradio", timeout_s=180) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def fuzzed_dicoms(tmp_path_factory):
+    """216 damaged CT DICOMs (`dicom_fuzz`, seed 0) made from three valid slices: unsigned, signed with a
+    slope of 0.5, and JPEG 2000 lossless, whose patient is `FUZZ_PATIENT`. Returns `(folder, paths)`."""
+    from dicom_fuzz import mutate_ct_dicoms
+    from pydicom.uid import JPEG2000Lossless
+
+    from training.dicom_writer import ct_dataset, write_ct_dicom
+
+    folder = tmp_path_factory.mktemp("fuzz")
+    yy, xx = np.mgrid[:96, :96]
+    hu = np.where((yy - 48) ** 2 + (xx - 48) ** 2 < 40**2, 40.0, -1000.0)
+    valid = [write_ct_dicom(folder / "valid_unsigned.dcm", hu, patient_id=FUZZ_PATIENT)]
+    valid.append(write_ct_dicom(folder / "valid_signed.dcm", hu, patient_id=FUZZ_PATIENT, signed=True,
+                                rescale_slope=0.5, rescale_intercept=0.0))
+    compressed = ct_dataset(hu, patient_id=FUZZ_PATIENT)
+    compressed.compress(JPEG2000Lossless)
+    compressed.save_as(folder / "valid_j2k.dcm", enforce_file_format=True)
+    valid.append(folder / "valid_j2k.dcm")
+    return folder / "damaged", mutate_ct_dicoms([Path(path) for path in valid], folder / "damaged", seed=0)
 
 
 @pytest.fixture(scope="session")
