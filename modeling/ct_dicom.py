@@ -52,8 +52,10 @@ def read_dicom(source) -> "pydicom.Dataset":
             # pydicom's warnings about malformed values quote the values, which may be a patient's name
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path)
-            # pydicom converts values on first access: a damaged one must be refused here, not fail a caller later
-            ds.walk(lambda dataset, element: None)
+            # pydicom converts values on first access: a damaged one must be refused here, not fail a caller
+            # later. Private tags are left alone: readers never need them, and scanners write odd ones.
+            for tag in [tag for tag in ds.keys() if not tag.is_private]:
+                ds[tag]
         return ds
     except InvalidDicomError:
         raise ValueError("not a DICOM file (no DICM header)") from None
