@@ -39,6 +39,11 @@ ATTENTION_TEXT = {
 }
 
 
+# The maps a model can explain itself with: (key in config.json's `localisation`, name on the card).
+EXPLANATION_MAPS = (("attention", "Spatial attention"), ("gradcam", "Grad-CAM"))
+SPATIAL_ATTENTION_MODES = ("dual", "spatial")
+
+
 def is_number(value) -> bool:
     """False for the None (or NaN) that evaluate writes where a metric is undefined, e.g. precision
     when nothing was called metastatic."""
@@ -79,6 +84,52 @@ def localisation_rows(localisation: Optional[dict]) -> list:
                     text = f"{metric['value']:.3f} ({interval_text(metric, ' to ')})"
                 rows.append({"method": name, "label": label, "text": text})
     return rows
+
+
+def percent(value) -> str:
+    return f"{100 * value:.0f} %" if is_number(value) else "undefined"
+
+
+def map_caption(measured: Optional[dict]) -> str:
+    """One map's measured localisation (an entry of config.json's `localisation`) as a sentence.
+
+    `measured`: `{"pointing_game", "pointing_game_ci": [low, high], "energy_in_mask", "n_slices",
+    "chance", "split"}`; None when the map was never evaluated against lesion masks.
+    """
+    if not measured:
+        return ("never evaluated against lesion masks: it shows what the model weighted, "
+                "not where a lesion is")
+    low, high = measured.get("pointing_game_ci") or (None, None)
+    chance = measured.get("chance")
+    return (
+        f"on its evaluation ({measured.get('split', 'test')} split), its peak fell on the lesion in "
+        f"{percent(measured.get('pointing_game'))} of {measured.get('n_slices', '?')} metastatic slices "
+        f"(95 % CI {percent(low)} to {percent(high)}; a random point: "
+        f"{f'{100 * chance:.1f} %' if is_number(chance) else 'undefined'}), "
+        f"with {percent(measured.get('energy_in_mask'))} of its energy inside the lesion"
+    )
+
+
+def map_captions(config: dict) -> list:
+    """Rows `{"name", "text"}`: what each explanation map of this model was measured to point at."""
+    measured = config.get("localisation") or {}
+    rows = []
+    for key, name in EXPLANATION_MAPS:
+        if key == "attention" and config.get("attention") not in SPATIAL_ATTENTION_MODES:
+            rows.append({"name": name, "text": "none: this model has no spatial attention branch"})
+        else:
+            rows.append({"name": name, "text": map_caption(measured.get(key))})
+    return rows
+
+
+def threshold_text(threshold) -> str:
+    """Enough decimals that a threshold near 0 or 1 does not print as 0 or 1: 0.99963 -> "0.9996"."""
+    if not is_number(threshold):
+        return "undefined"
+    decimals = 4
+    while decimals < 8 and 0 < threshold < 1 and round(threshold, decimals) in (0.0, 1.0):
+        decimals += 1
+    return f"{threshold:.{decimals}f}"
 
 
 def interval_text(metric: dict, separator: str = "-") -> str:
@@ -191,6 +242,8 @@ def build_model_card(
         patient_rows=metric_rows(metrics.get("patient_level") or {}) if metrics else [],
         localisation_rows=localisation_rows(metrics.get("localisation")) if metrics else [],
         figures=figures,
+        map_captions=map_captions(config),
+        decision_threshold=threshold_text(config.get("decision_threshold")),
         paper_title=PAPER_TITLE,
         paper_rows=paper_table_rows(),
     )

@@ -354,6 +354,35 @@ def test_card_without_eval_says_so_and_real_data_is_not_called_synthetic(tiny_mo
     assert not (out / "evaluation").exists()
 
 
+def test_card_shows_the_maps_measured_localisation_and_the_threshold_note(tiny_model_dir, staged, tmp_path):
+    text = (staged / "README.md").read_text()  # a model whose maps were never evaluated
+    assert text.count("never evaluated against lesion masks") == 2
+
+    model = copy_model_folder(tiny_model_dir, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    config["decision_threshold"] = 0.99963
+    config["threshold_note"] = "chosen on a validation split that separates the classes perfectly"
+    config["localisation"] = {"gradcam": {
+        "pointing_game": 0.93, "pointing_game_ci": [0.81, 1.0], "energy_in_mask": 0.42, "n_slices": 51,
+        "chance": 0.018, "split": "test"}}  # attention absent: never evaluated
+    (model / "config.json").write_text(json.dumps(config))
+
+    out = stage_model_repo(model, tmp_path / "out", repo_id="me/pdac-ln", provenance=PHANTOM)
+    text = (out / "README.md").read_text()
+    assert ("| Grad-CAM | on its evaluation (test split), its peak fell on the lesion in 93 % of 51 metastatic "
+            "slices (95 % CI 81 % to 100 %; a random point: 1.8 %), with 42 % of its energy inside the lesion |"
+            ) in text
+    assert "| Spatial attention | never evaluated against lesion masks" in text
+    assert ("`config.decision_threshold` = 0.9996 (chosen on a validation split that separates the classes "
+            "perfectly)") in text
+
+    config["attention"] = "channel"
+    (model / "config.json").write_text(json.dumps(config))
+    out = stage_model_repo(model, tmp_path / "channel", repo_id="me/pdac-ln", provenance=PHANTOM)
+    text = (out / "README.md").read_text()
+    assert "| Spatial attention | none: this model has no spatial attention branch |" in text
+
+
 def test_training_data_is_read_from_the_run(tiny_model_dir, prepared_dataset, phantom_dir, tmp_path):
     from training.prepare import prepare_dataset
 
