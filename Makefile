@@ -7,21 +7,28 @@ PORT ?= 7860
 export HF_HUB_OFFLINE ?= 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: install test demo quickstart benchmarks clean
+.PHONY: install test lint demo quickstart benchmarks clean
 
-# Re-install only when the project's dependencies change.
-$(VENV)/.installed: pyproject.toml
+# One venv; each stamp re-installs only when the project's dependencies change. The demo needs the
+# model plus the [train] and [demo] extras; the tests, lint and benchmarks need [dev] (everything).
+EXTRAS_demo := train,demo
+EXTRAS_dev := dev
+
+$(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[$(EXTRAS_$*)]"
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-dev
 
 test: install
 	$(PY) -m pytest
 
-quickstart: install
+lint: install
+	$(PY) -m ruff check .
+
+quickstart: $(VENV)/.installed-demo
 	test -f $(QUICKSTART_DIR)/run/best/config.json || $(PY) -m training.quickstart --output-dir $(QUICKSTART_DIR)
 
 demo: quickstart

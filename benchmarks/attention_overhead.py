@@ -15,14 +15,13 @@ model: the noise floor of the machine. Goal: <= 1.03 for the training step.
 
 import argparse
 import statistics
-import time
 
 import timm
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from modeling import DualAttentionResNetConfig, DualAttentionResNetForImageClassification
+from timing import interleaved
 
 
 def parse_args(argv=None):
@@ -56,40 +55,14 @@ def freeze_batchnorm_statistics(model: nn.Module, frozen_parameter_names: list) 
             module.eval()
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def interleaved(jobs: dict, repeats: int, warmup: int, device: torch.device, label: str) -> dict:
-    """Seconds per call of each job, `repeats` times; the order rotates every round."""
-    for fn in jobs.values():
-        for _ in range(warmup):
-            fn()
-    seconds = {name: [] for name in jobs}
-    names = list(jobs)
-    for round_index in tqdm(range(repeats), desc=label):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            seconds[name].append(timed(jobs[name], device))
-    return seconds
-
-
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    ours = DualAttentionResNetForImageClassification(DualAttentionResNetConfig(backbone=args.backbone, attention="dual"))
+    config = DualAttentionResNetConfig(backbone=args.backbone, attention="dual")
+    ours = DualAttentionResNetForImageClassification(config)
     frozen_names = ours.dual_attention_resnet.frozen_parameter_names
     # A second, identical bare model: the ratio between the two bare ones is the noise floor of this
     # machine (memory placement, other processes), against which the attention's ratio can be judged.
@@ -125,13 +98,14 @@ def main(argv=None):
         if name != "ours":
             freeze_batchnorm_statistics(model, frozen_names)
     train_seconds = interleaved(
-        {name: (lambda name=name: train_step(name)) for name in models}, args.steps, args.warmup, device, "train steps"
+        {name: (lambda name=name: train_step(name)) for name in models}, args.steps,
+        warmup=args.warmup, device=device, desc="train steps",
     )
     for model in models.values():
         model.eval()
     infer_seconds = interleaved(
         {name: (lambda name=name: forward(name)) for name in models},
-        args.inference_repeats, args.warmup, device, "batch-1 forwards",
+        args.inference_repeats, warmup=args.warmup, device=device, desc="batch-1 forwards",
     )
 
     # The added work alone, repeated many times because it is small: the attention's forward, backward
@@ -150,7 +124,7 @@ def main(argv=None):
 
     attention.train()
     attention_seconds = interleaved(
-        {"attention": attention_step}, args.inference_repeats, args.warmup, device, "attention alone"
+        {"attention": attention_step}, args.inference_repeats, warmup=args.warmup, device=device, desc="attention alone"
     )["attention"]
 
     trainable = {name: sum(p.numel() for p in m.parameters() if p.requires_grad) for name, m in models.items()}
@@ -165,7 +139,7 @@ def main(argv=None):
             f"bare {medians['bare'] * 1e3:.1f} ms, bare again {medians['bare again'] * 1e3:.1f} ms"
         )
         for name in ("ours", "bare again"):
-            paired = statistics.median(a / b for a, b in zip(seconds[name], seconds["bare"]))
+            paired = statistics.median(a / b for a, b in zip(seconds[name], seconds["bare"], strict=True))
             print(
                 f"  ratio {name:10s} / bare: {medians[name] / medians['bare']:.3f} "
                 f"(median of per-round ratios {paired:.3f})"

@@ -14,7 +14,6 @@ medians and minima and their ratios to `bare` are printed. Goal: explain <= 1.2 
 
 import argparse
 import statistics
-import time
 
 import torch
 from pytorch_grad_cam import GradCAM
@@ -22,6 +21,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from modeling import DualAttentionResNetConfig, DualAttentionResNetForImageClassification
 from modeling.explain import LogitsOnly, explain, target_layer
+from timing import interleaved
 
 
 def main() -> None:
@@ -56,22 +56,8 @@ def main() -> None:
         with torch.no_grad():
             torch.sigmoid(model(pixel_values).logits)
 
-    def synchronise():
-        if pixel_values.is_cuda:
-            torch.cuda.synchronize()
-
     cases = {"bare": bare, "explain": one_pass, "usual": usual}
-    for _ in range(args.warmup):
-        for run in cases.values():
-            run()
-    seconds = {name: [] for name in cases}
-    for _ in range(args.repeats):
-        for name, run in cases.items():
-            synchronise()
-            start = time.perf_counter()
-            run()
-            synchronise()
-            seconds[name].append(time.perf_counter() - start)
+    seconds = interleaved(cases, args.repeats, warmup=args.warmup, device=pixel_values.device)
 
     medians = {name: statistics.median(times) for name, times in seconds.items()}
     fastest = {name: min(times) for name, times in seconds.items()}

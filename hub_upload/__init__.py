@@ -9,4 +9,7 @@ from .push import PushError, push_folder, resolve_token
 from .space import stage_space
 from .stage import stage_model_repo
 
-__all__ = ["PushError", "TrainingProvenance", "push_folder", "read_provenance", "resolve_token", "stage_model_repo", "stage_space"]
+__all__ = [
+    "PushError", "TrainingProvenance", "push_folder", "read_provenance", "resolve_token",
+    "stage_model_repo", "stage_space",
+]

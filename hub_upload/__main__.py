@@ -17,7 +17,7 @@ from .model_card import is_number
 from .provenance import TRAINED_ON_CHOICES, read_provenance
 from .push import PushError, one_line, push_folder, resolve_token, set_space_variables
 from .space import check_space_source, stage_space
-from .stage import stage_model_repo
+from .stage import CODE_SOURCES, code_differences, read_model_folder, stage_model_repo
 
 DEFAULT_STAGE_ROOT = Path("hub_stage")
 
@@ -39,8 +39,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--trained-on", choices=TRAINED_ON_CHOICES, default="auto",
         help="training data for the card; auto reads RUN/config.yaml and the prepared dataset",
     )
-    parser.add_argument("--data", type=Path, help="prepared dataset the model was trained on (default: from RUN/config.yaml)")
+    parser.add_argument(
+        "--data", type=Path, help="prepared dataset the model was trained on (default: from RUN/config.yaml)"
+    )
     parser.add_argument("--license", default="apache-2.0", help="license id for the model card")
+    parser.add_argument(
+        "--code", choices=CODE_SOURCES, default="saved",
+        help="remote code to publish: the copy saved with the weights in --model (default) or today's modeling/",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing non-empty stage folders")
     parser.add_argument(
         "--keep-remote-files", action="store_true",
@@ -55,7 +61,8 @@ def default_commit_message(repo_id: str, eval_dir) -> str:
         metrics = json.loads((Path(eval_dir) / "metrics.json").read_text())
         auc = metrics.get("auc_roc") or {}
         if all(is_number(auc.get(key)) for key in ("value", "ci_low", "ci_high")):
-            message += f" ({metrics.get('split', 'test')} AUC {auc['value']:.3f}, 95% CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f})"
+            interval = f"95% CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f}"
+            message += f" ({metrics.get('split', 'test')} AUC {auc['value']:.3f}, {interval})"
     return message
 
 
@@ -74,19 +81,27 @@ def run(args: argparse.Namespace, workspace: Path) -> None:
     if args.space_id:
         check_space_source()
     provenance = read_provenance(args.model, args.trained_on, args.data)
+    differing = code_differences(args.model, *read_model_folder(args.model))
+    if differing:
+        published = "the saved code" if args.code == "saved" else "today's modeling/ (--code current)"
+        print(f"note: the code saved with the weights differs from modeling/ in {', '.join(differing)}; "
+              f"publishing {published}")
 
     stage_root = DEFAULT_STAGE_ROOT if args.dry_run else workspace
     stage_dir = args.stage_dir or stage_root / args.repo_id.replace("/", "--")
     model_dir = stage_model_repo(
         args.model, stage_dir, repo_id=args.repo_id, provenance=provenance, eval_dir=args.eval,
         revision=args.revision, space_id=args.space_id, license=args.license, overwrite=args.overwrite,
+        code=args.code,
     )
     print(f"staged model repo {args.repo_id} in {model_dir}:\n{list_files(model_dir)}")
     space_dir = None
     if args.space_id:
-        space_stage = args.space_stage_dir or (
-            stage_dir.with_name(stage_dir.name + "-space") if args.stage_dir else stage_root / args.space_id.replace("/", "--")
+        default_space_stage = (
+            stage_dir.with_name(stage_dir.name + "-space") if args.stage_dir
+            else stage_root / args.space_id.replace("/", "--")
         )
+        space_stage = args.space_stage_dir or default_space_stage
         space_dir = stage_space(space_stage, model_id=args.repo_id, overwrite=args.overwrite)
         print(f"staged Space {args.space_id} in {space_dir}:\n{list_files(space_dir)}")
     if args.dry_run:
@@ -98,7 +113,8 @@ def run(args: argparse.Namespace, workspace: Path) -> None:
     message = args.commit_message or default_commit_message(args.repo_id, args.eval)
     commit = push_folder(
         model_dir, args.repo_id, token=token, commit_message=message,
-        private=args.private, revision=args.revision, create_pr=args.create_pr, keep_remote_files=args.keep_remote_files,
+        private=args.private, revision=args.revision, create_pr=args.create_pr,
+        keep_remote_files=args.keep_remote_files,
     )
     print(f"pushed model: {commit.pr_url or commit.commit_url}")
     if space_dir is None:
@@ -112,7 +128,8 @@ def run(args: argparse.Namespace, workspace: Path) -> None:
     # The Space serves its main branch, so a pull request must not rewire the live app before review.
     variables = {"MODEL_ID": args.repo_id, "MODEL_REVISION": commit.oid}
     if args.create_pr:
-        print("after merging both pull requests, set Space variables " + ", ".join(f"{k}={v}" for k, v in variables.items()))
+        settings = ", ".join(f"{key}={value}" for key, value in variables.items())
+        print(f"after merging both pull requests, set Space variables {settings}")
     else:
         set_space_variables(args.space_id, variables, token=token)
         print(f"Space variables set: MODEL_ID={args.repo_id}, MODEL_REVISION={commit.oid}")

@@ -1,7 +1,9 @@
 """Which `modeling/*.py` files a model repo or a Space needs: the import closure, found statically.
 
-Remote code on the Hub is the files that `config.json`'s `auto_map` names plus everything they import
-relatively; shipping more (the CLI, explanations) would make users trust code the model never runs.
+Remote code on the Hub is the files that `config.json`'s `auto_map` and `custom_pipelines` name plus
+everything they import relatively; shipping more (the CLI, explanations) would make users trust code
+the model never runs. The closure is taken in a given code folder: `modeling/`, or a saved model
+folder, which holds the copies `save_pretrained` wrote next to the weights.
 """
 
 import ast
@@ -15,27 +17,31 @@ MODELING_DIR = Path(importlib.util.find_spec(PACKAGE).origin).resolve().parent
 
 
 def _relative_imports(path: Path) -> Set[str]:
-    """Module names (within the package) that the file at `path` imports with `from .x import ...`."""
+    """Module names (files beside `path`) that the file at `path` imports relatively.
+
+    `from .x import y` needs x.py (missing, the closure reports it); `from . import y` names a module
+    only where y.py exists (otherwise y is something the package's `__init__` defines).
+    """
     names = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.ImportFrom) and node.level == 1:
             if node.module:
                 names.add(node.module.split(".")[0])
-            else:  # `from . import explain`
-                names.update(alias.name for alias in node.names)
-    return {name for name in names if (MODELING_DIR / f"{name}.py").is_file()}
+            else:
+                names.update(alias.name for alias in node.names if (path.parent / f"{alias.name}.py").is_file())
+    return names
 
 
-def module_closure(modules: Iterable[str]) -> list:
-    """`modules` (names of files in `modeling/`, without `.py`) and all they import relatively, sorted."""
+def module_closure(modules: Iterable[str], code_dir: Path = MODELING_DIR) -> list:
+    """`modules` (names of files in `code_dir`, without `.py`) and all they import relatively, sorted."""
     pending, seen = list(modules), set()
     while pending:
         name = pending.pop()
         if name in seen:
             continue
-        path = MODELING_DIR / f"{name}.py"
+        path = Path(code_dir) / f"{name}.py"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found (named by auto_map or an import)")
+            raise FileNotFoundError(f"{path} not found (named by auto_map, custom_pipelines or an import)")
         seen.add(name)
         pending.extend(_relative_imports(path) - seen)
     return sorted(seen)
@@ -50,6 +56,11 @@ def auto_map_modules(auto_map: dict) -> Set[str]:
             if ref:
                 modules.add(ref.split("--")[-1].rsplit(".", 1)[0])
     return modules
+
+
+def custom_pipeline_modules(custom_pipelines: dict) -> Set[str]:
+    """`{"image-classification": {"impl": "pipeline_x.Cls", ...}}` -> `{"pipeline_x"}`."""
+    return {task["impl"].rsplit(".", 1)[0] for task in custom_pipelines.values() if task.get("impl")}
 
 
 def absolute_imports(script: Path) -> Set[str]:

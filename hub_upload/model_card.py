@@ -13,10 +13,11 @@ from typing import Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from training.paper import PAPER_TITLE, paper_table_rows
+
 from .provenance import TrainingProvenance
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
-PAPER_TITLE = "Lymph Node Metastasis Detection in Pancreatic Ductal Adenocarcinoma using ResNet with Attention Mechanism"
 TAGS = ["medical-imaging", "ct", "pdac", "pancreatic-cancer", "lymph-node", "grad-cam", "attention", "resnet", "timm"]
 # (metrics.json key, label on the card, model-index metric type: the Hub's metric ids where one exists)
 METRICS = (
@@ -30,19 +31,17 @@ METRICS = (
 # The card's `metrics:` list takes Hub metric ids; specificity has none and stays in the model-index only.
 HUB_METRIC_IDS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 LOCALISATION_METRICS = (("pointing_game", "Pointing game"), ("energy_in_mask", "Energy in mask"))
-# The paper's test-set results (150 slices, no intervals), from ../shared/METHOD.md.
-PAPER_RESULTS = (
-    ("VGG16", "79.33", "75.50", "83.33", "79.20", "0.88"),
-    ("ResNet50", "81.33", "78.40", "86.67", "82.30", "0.91"),
-    ("ViT-B/16", "83.33", "80.10", "89.33", "84.50", "0.93"),
-    ("ResNet-50 + dual attention", "87.33", "82.56", "94.67", "88.20", "0.97"),
-)
 ATTENTION_TEXT = {
     "dual": "channel (squeeze-and-excitation) and spatial (CBAM-style) attention, summed",
     "channel": "channel attention only (squeeze-and-excitation)",
     "spatial": "spatial attention only (CBAM-style)",
     "none": "none (plain backbone baseline)",
 }
+
+
+# The maps a model can explain itself with: (key in config.json's `localisation`, name on the card).
+EXPLANATION_MAPS = (("attention", "Spatial attention"), ("gradcam", "Grad-CAM"))
+SPATIAL_ATTENTION_MODES = ("dual", "spatial")
 
 
 def is_number(value) -> bool:
@@ -80,9 +79,57 @@ def localisation_rows(localisation: Optional[dict]) -> list:
         for key, label in LOCALISATION_METRICS:
             metric = ((localisation or {}).get(method) or {}).get(key)
             if metric:
-                text = f"{metric['value']:.3f} ({interval_text(metric, ' to ')})" if is_number(metric["value"]) else "undefined"
+                text = "undefined"
+                if is_number(metric["value"]):
+                    text = f"{metric['value']:.3f} ({interval_text(metric, ' to ')})"
                 rows.append({"method": name, "label": label, "text": text})
     return rows
+
+
+def percent(value) -> str:
+    return f"{100 * value:.0f} %" if is_number(value) else "undefined"
+
+
+def map_caption(measured: Optional[dict]) -> str:
+    """One map's measured localisation (an entry of config.json's `localisation`) as a sentence.
+
+    `measured`: `{"pointing_game", "pointing_game_ci": [low, high], "energy_in_mask", "n_slices",
+    "chance", "split"}`; None when the map was never evaluated against lesion masks.
+    """
+    if not measured:
+        return ("never evaluated against lesion masks: it shows what the model weighted, "
+                "not where a lesion is")
+    low, high = measured.get("pointing_game_ci") or (None, None)
+    chance = measured.get("chance")
+    return (
+        f"on its evaluation ({measured.get('split', 'test')} split), its peak fell on the lesion in "
+        f"{percent(measured.get('pointing_game'))} of {measured.get('n_slices', '?')} metastatic slices "
+        f"(95 % CI {percent(low)} to {percent(high)}; a random point: "
+        f"{f'{100 * chance:.1f} %' if is_number(chance) else 'undefined'}), "
+        f"with {percent(measured.get('energy_in_mask'))} of its energy inside the lesion"
+    )
+
+
+def map_captions(config: dict) -> list:
+    """Rows `{"name", "text"}`: what each explanation map of this model was measured to point at."""
+    measured = config.get("localisation") or {}
+    rows = []
+    for key, name in EXPLANATION_MAPS:
+        if key == "attention" and config.get("attention") not in SPATIAL_ATTENTION_MODES:
+            rows.append({"name": name, "text": "none: this model has no spatial attention branch"})
+        else:
+            rows.append({"name": name, "text": map_caption(measured.get(key))})
+    return rows
+
+
+def threshold_text(threshold) -> str:
+    """Enough decimals that a threshold near 0 or 1 does not print as 0 or 1: 0.99963 -> "0.9996"."""
+    if not is_number(threshold):
+        return "undefined"
+    decimals = 4
+    while decimals < 8 and 0 < threshold < 1 and round(threshold, decimals) in (0.0, 1.0):
+        decimals += 1
+    return f"{threshold:.{decimals}f}"
 
 
 def interval_text(metric: dict, separator: str = "-") -> str:
@@ -195,6 +242,8 @@ def build_model_card(
         patient_rows=metric_rows(metrics.get("patient_level") or {}) if metrics else [],
         localisation_rows=localisation_rows(metrics.get("localisation")) if metrics else [],
         figures=figures,
+        map_captions=map_captions(config),
+        decision_threshold=threshold_text(config.get("decision_threshold")),
         paper_title=PAPER_TITLE,
-        paper_results=PAPER_RESULTS,
+        paper_rows=paper_table_rows(),
     )

@@ -56,9 +56,10 @@ def is_phantom_dataset(data_dir: Path) -> bool:
 
     dataset_dict = datasets.load_from_disk(str(data_dir))
     return all(
-        os.path.basename(str(source)).startswith(PHANTOM_PATIENT_PREFIX) or str(patient).startswith(PHANTOM_PATIENT_PREFIX)
+        os.path.basename(str(source)).startswith(PHANTOM_PATIENT_PREFIX)
+        or str(patient).startswith(PHANTOM_PATIENT_PREFIX)
         for split in dataset_dict.values()
-        for source, patient in zip(split["source"], split["patient_id"])
+        for source, patient in zip(split["source"], split["patient_id"], strict=True)
     )
 
 
@@ -68,7 +69,9 @@ def read_provenance(model_dir, trained_on: str = "auto", data_dir=None) -> Train
         raise ValueError(f"--trained-on must be one of {TRAINED_ON_CHOICES}, got {trained_on!r}")
     model_dir = Path(model_dir)
     run_config = read_run_config(model_dir)
-    settings = {key: run_config[key] for key in CARD_SETTINGS if isinstance(run_config.get(key), (int, float, str, bool))}
+    settings = {
+        key: run_config[key] for key in CARD_SETTINGS if isinstance(run_config.get(key), (int, float, str, bool))
+    }
     if data_dir is None and run_config.get("data"):
         data_dir = Path(run_config["data"])
     info_path = Path(data_dir) / "prepare_info.json" if data_dir else None
@@ -83,5 +86,7 @@ def read_provenance(model_dir, trained_on: str = "auto", data_dir=None) -> Train
             "pass --data DS or --trained-on phantom|real"
         )
     if not is_phantom_dataset(Path(data_dir)):
-        raise ValueError(f"{data_dir} is not (only) the synthetic phantom; pass --trained-on real to publish it as such")
+        raise ValueError(
+            f"{data_dir} is not (only) the synthetic phantom; pass --trained-on real to publish it as such"
+        )
     return TrainingProvenance(True, counts, settings)

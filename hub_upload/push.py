@@ -24,7 +24,10 @@ def one_line(message: str, token: Optional[str] = None) -> str:
 def resolve_token() -> str:
     """The token to push with; raises PushError before anything is staged when there is none."""
     if constants.is_offline_mode():
-        raise PushError("the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1); unset it to push, or stage only with --dry-run")
+        raise PushError(
+            "the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1); unset it to push, "
+            "or stage only with --dry-run"
+        )
     token = get_token()
     if not token:
         raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or stage only with --dry-run)")
@@ -64,7 +67,8 @@ def push_folder(
             delete_patterns=None if keep_remote_files else "*",  # .gitattributes is always kept
         )
     except Exception as error:  # noqa: BLE001 - network, auth and validation errors all end the push
-        raise PushError(one_line(f"pushing to {repo_type} {repo_id} failed: {type(error).__name__}: {error}", token)) from None
+        reason = f"pushing to {repo_type} {repo_id} failed: {type(error).__name__}: {error}"
+        raise PushError(one_line(reason, token)) from None
 
 
 def set_space_variables(space_id: str, variables: dict, *, token: str) -> None:
@@ -74,4 +78,5 @@ def set_space_variables(space_id: str, variables: dict, *, token: str) -> None:
         for key, value in variables.items():
             api.add_space_variable(space_id, key, value)
     except Exception as error:  # noqa: BLE001
-        raise PushError(one_line(f"setting variables of Space {space_id} failed: {type(error).__name__}: {error}", token)) from None
+        reason = f"setting variables of Space {space_id} failed: {type(error).__name__}: {error}"
+        raise PushError(one_line(reason, token)) from None

@@ -35,7 +35,9 @@ def check_examples_are_synthetic(folder: Path) -> None:
         except pydicom.errors.InvalidDicomError:
             continue  # not DICOM: images and text are the Space author's to judge
         if not str(ds.get("PatientID", "")).startswith(PHANTOM_PATIENT_PREFIX):
-            raise ValueError(f"{path} is a DICOM without a phantom PatientID; only synthetic examples may ship in the Space")
+            raise ValueError(
+                f"{path} is a DICOM without a phantom PatientID; only synthetic examples may ship in the Space"
+            )
 
 
 def check_space_source(space_dir=SPACE_DIR) -> None:

@@ -1,7 +1,10 @@
 """Staging a trained model folder as the exact file set of its Hub model repo.
 
-What ships: config.json (with `auto_map`), model.safetensors, preprocessor_config.json, the
-`modeling/` files that `auto_map` needs, the evaluation's metrics and aggregate figures, README.md.
+What ships: config.json (with `auto_map`), model.safetensors, preprocessor_config.json, the code
+files that `auto_map` and `custom_pipelines` need, the evaluation's metrics and aggregate figures,
+README.md. The code is, by default, the copy `save_pretrained` wrote next to the weights, so a model
+trained last month is published with the code it was trained and evaluated with, not today's
+`modeling/` (`code="current"` publishes today's instead).
 What never ships: pickle weights, optimizer/accelerate state, predictions.csv and report.md (they
 list per-slice sources and patient pseudonyms), per-image overlays (patient images), data paths.
 """
@@ -12,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from .atomic import atomic_directory
-from .code_files import MODELING_DIR, auto_map_modules, module_closure
+from .code_files import MODELING_DIR, auto_map_modules, custom_pipeline_modules, module_closure
 from .model_card import METRICS, build_model_card
 from .provenance import TrainingProvenance
 
@@ -22,6 +25,8 @@ EVAL_DIR_IN_REPO = "evaluation"
 # Aggregate plots only: nothing in them identifies a patient or shows a patient's image.
 EVAL_FIGURES = ("roc_curve.png", "confusion_matrix.png", "reliability_diagram.png")
 TRAINING_FIGURES = ("loss_curve.png",)
+# Where the staged remote code comes from: the model folder (saved with the weights) or modeling/.
+CODE_SOURCES = ("saved", "current")
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -81,10 +86,37 @@ def write_safetensors(model_dir: Path, destination: Path) -> None:
               metadata={"format": "pt"})
 
 
-def code_files_for(config: dict, processor: dict) -> list:
-    """File names in `modeling/` that the repo's auto_map entries import, directly or relatively."""
-    modules = auto_map_modules(config["auto_map"]) | auto_map_modules(processor.get("auto_map", {}))
-    return [f"{name}.py" for name in module_closure(modules)]
+def code_files_for(config: dict, processor: dict, code_dir: Path = MODELING_DIR) -> list:
+    """File names in `code_dir` that the auto_map and custom_pipelines entries import, directly or relatively."""
+    modules = (
+        auto_map_modules(config["auto_map"])
+        | auto_map_modules(processor.get("auto_map", {}))
+        | custom_pipeline_modules(config.get("custom_pipelines") or {})
+    )
+    return [f"{name}.py" for name in module_closure(modules, code_dir)]
+
+
+def code_dir_for(model_dir: Path, code: str) -> Path:
+    if code not in CODE_SOURCES:
+        raise ValueError(f"`code` must be one of {CODE_SOURCES}, got {code!r}")
+    return model_dir if code == "saved" else MODELING_DIR
+
+
+def code_differences(model_dir, config: dict, processor: dict) -> list:
+    """Code files (of either folder's closure) whose saved copy in `model_dir` differs from `modeling/`'s,
+    or exists in only one of them; sorted names."""
+    model_dir = Path(model_dir)
+    names = set()
+    for code_dir in (model_dir, MODELING_DIR):
+        try:
+            names.update(code_files_for(config, processor, code_dir))
+        except FileNotFoundError:
+            pass  # a folder without the code: every name of the other folder differs
+    return sorted(
+        name for name in names
+        if not ((model_dir / name).is_file() and (MODELING_DIR / name).is_file()
+                and (model_dir / name).read_bytes() == (MODELING_DIR / name).read_bytes())
+    )
 
 
 def stage_model_repo(
@@ -98,10 +130,25 @@ def stage_model_repo(
     space_id: Optional[str] = None,
     license: str = "apache-2.0",
     overwrite: bool = False,
+    code: str = "saved",
 ) -> Path:
-    """Writes the model repo for `repo_id` to `stage_dir` (all at once) and returns its path."""
+    """Writes the model repo for `repo_id` to `stage_dir` (all at once) and returns its path.
+
+    `code`: "saved" stages the code files `save_pretrained` wrote into `model_dir`, "current" those of
+    today's `modeling/`.
+    """
     model_dir = Path(model_dir)
     config, processor = read_model_folder(model_dir)
+    code_dir = code_dir_for(model_dir, code)
+    try:
+        code_files = code_files_for(config, processor, code_dir)
+    except FileNotFoundError as error:
+        if code != "saved":
+            raise
+        raise FileNotFoundError(
+            f"{model_dir} lacks the code saved with its weights ({error}); "
+            "pass --code current to publish today's modeling/"
+        ) from None
     metrics = None
     if eval_dir is not None:
         metrics = read_json(Path(eval_dir) / "metrics.json", "metrics.json")
@@ -112,14 +159,13 @@ def stage_model_repo(
         [Path(eval_dir) / name for name in EVAL_FIGURES] if eval_dir else []
     )
     figures = [path for path in figure_sources if path.is_file()]
-    code_files = code_files_for(config, processor)
 
     with atomic_directory(stage_dir, overwrite=overwrite) as building:
         shutil.copyfile(model_dir / "config.json", building / "config.json")
         shutil.copyfile(model_dir / "preprocessor_config.json", building / "preprocessor_config.json")
         write_safetensors(model_dir, building / SAFE_WEIGHTS)
         for name in code_files:
-            shutil.copyfile(MODELING_DIR / name, building / name)
+            shutil.copyfile(code_dir / name, building / name)
         if metrics is not None or figures:
             (building / EVAL_DIR_IN_REPO).mkdir()
         if metrics is not None:

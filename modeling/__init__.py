@@ -10,7 +10,9 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_dual_attention_resnet import (
     ATTENTION_MODES,
+    CLASS_NAMES,
     METASTATIC_LABEL,
+    NON_METASTATIC_LABEL,
     PIPELINE_TASK,
     DualAttentionResNetConfig,
 )
@@ -43,7 +45,9 @@ PIPELINE_REGISTRY.register_pipeline(
 
 __all__ = [
     "ATTENTION_MODES",
+    "CLASS_NAMES",
     "METASTATIC_LABEL",
+    "NON_METASTATIC_LABEL",
     "PIPELINE_TASK",
     "CTImageProcessor",
     "CTMetastasisClassificationPipeline",

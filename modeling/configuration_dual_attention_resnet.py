@@ -17,6 +17,9 @@ METASTATIC_LABEL = "metastatic"
 # Stages as a ResNet counts them: 4 is the last stage (the paper's place for attention), 3 the one before.
 SPATIAL_ATTENTION_STAGES = ([4], [3], [3, 4])
 LOCALISATION_MAPS = ("attention", "gradcam")
+NON_METASTATIC_LABEL = "non_metastatic"
+# The binary label's names, index = label: class folders, prepared datasets, CSVs and the demo use these.
+CLASS_NAMES = [NON_METASTATIC_LABEL, METASTATIC_LABEL]
 # Written into config.json so that a saved folder answers every Auto class as remote code, not only
 # the class that happened to be saved.
 AUTO_MAP = {

@@ -5,6 +5,8 @@ next to the file's path and go on.
 """
 
 import os
+import re
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
@@ -12,7 +14,7 @@ import numpy as np
 try:  # optional so that remote-code loading works without pydicom; reading DICOM needs it
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, pixel_array
+    from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
 except ImportError:  # pragma: no cover - exercised only where pydicom is missing
     pydicom = None
 
@@ -25,6 +27,9 @@ _DECODER_PACKAGES = {
     "1.2.840.10008.1.2.4.20": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K
 }
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+# A DICOM code string (Modality, PhotometricInterpretation); anything else is a damaged value, which
+# can hold the bytes of the tags after it (a patient's name among them) and is never echoed.
+_CODE_STRING = re.compile(r"[A-Z0-9 _]{1,16}")
 
 # The only DICOM attributes ever shown (demo) or kept with a volume: acquisition and encoding, nothing
 # about the patient, the institution, the operators or the dates.
@@ -65,11 +70,30 @@ def read_dicom(source, stop_before_pixels: bool = False) -> "pydicom.Dataset":
     if os.path.getsize(path) == 0:
         raise ValueError("empty file (0 bytes)")
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        with warnings.catch_warnings():
+            # pydicom's warnings about malformed values quote the values, which may be a patient's name
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+            # pydicom converts values on first access: a damaged one must be refused here, not fail a caller
+            # later. Private tags are left alone: readers never need them, and scanners write odd ones.
+            for tag in [tag for tag in ds.keys() if not tag.is_private]:
+                ds[tag]
+        return ds
     except InvalidDicomError:
         raise ValueError("not a DICOM file (no DICM header)") from None
     except Exception as error:  # noqa: BLE001 - pydicom raises many types on damaged files
         raise ValueError(f"unreadable DICOM file, truncated or corrupt ({type(error).__name__})") from None
+
+
+def _shown(value) -> str:
+    return str(value) if _CODE_STRING.fullmatch(str(value)) else "an unreadable value"
+
+
+def _count(ds: "pydicom.Dataset", keyword: str) -> int:
+    try:
+        return int(ds.get(keyword, 1) or 1)
+    except (TypeError, ValueError):
+        raise ValueError(f"unreadable {keyword}") from None
 
 
 def check_ct_slice(ds: "pydicom.Dataset", frame: Optional[int] = None) -> None:
@@ -78,18 +102,25 @@ def check_ct_slice(ds: "pydicom.Dataset", frame: Optional[int] = None) -> None:
     if not modality:
         raise ValueError("no Modality tag; expected a CT image")
     if modality != "CT":
-        raise ValueError(f"modality is {modality}, not CT")
+        raise ValueError(f"modality is {_shown(modality)}, not CT")
     if "PixelData" not in ds:
         raise ValueError("the DICOM file has no pixel data (not an image, or truncated before them)")
-    samples = int(ds.get("SamplesPerPixel", 1))
+    samples = _count(ds, "SamplesPerPixel")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if samples != 1 or photometric not in _MONOCHROME:
-        raise ValueError(f"colour image ({photometric}, {samples} samples per pixel); expected greyscale CT")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+        raise ValueError(f"colour image ({_shown(photometric)}, {samples} samples per pixel); expected greyscale CT")
+    frames = _count(ds, "NumberOfFrames")
     if frames > 1 and frame is None:
         raise ValueError(f"multi-frame image ({frames} frames); choose one with frame=N")
     if frame is not None and not 0 <= frame < frames:
         raise ValueError(f"frame {frame} out of range; the image has {frames} frame(s)")
+
+
+def _decoder_available(transfer_syntax) -> bool:
+    try:
+        return get_decoder(transfer_syntax).is_available
+    except NotImplementedError:  # a transfer syntax pydicom has no decoder for at all
+        return False
 
 
 def _decode_pixels(ds: "pydicom.Dataset", frame: Optional[int]) -> np.ndarray:
@@ -98,7 +129,7 @@ def _decode_pixels(ds: "pydicom.Dataset", frame: Optional[int]) -> np.ndarray:
         # `index` decodes that frame alone; `ds.pixel_array[frame]` would decode every frame first
         return pixel_array(ds, index=frame)
     except (RuntimeError, NotImplementedError) as error:
-        if transfer_syntax is not None and transfer_syntax.is_compressed:
+        if transfer_syntax is not None and transfer_syntax.is_compressed and not _decoder_available(transfer_syntax):
             package = next(
                 (pkg for prefix, pkg in _DECODER_PACKAGES.items() if transfer_syntax.startswith(prefix)), None
             )
@@ -152,11 +183,15 @@ def read_ct_hu(source, frame: Optional[int] = None) -> np.ndarray:
     try:
         check_ct_slice(ds, frame)
         pixels = _decode_pixels(ds, frame)
-        return apply_modality_lut(pixels, _modality_lut_source(ds, frame)).astype(np.float32)
+        lut_source = _modality_lut_source(ds, frame)
     except ValueError:
         raise
     except Exception as error:  # noqa: BLE001 - damaged tags raise many types in pydicom's lazy conversions
         raise ValueError(f"malformed DICOM header tags ({type(error).__name__})") from None
+    try:
+        return apply_modality_lut(pixels, lut_source).astype(np.float32)
+    except (TypeError, ValueError) as error:  # a damaged RescaleSlope/RescaleIntercept or Modality LUT
+        raise ValueError(f"invalid rescale slope, intercept or modality LUT ({type(error).__name__})") from None
 
 
 def technical_metadata(ds: "pydicom.Dataset") -> dict:

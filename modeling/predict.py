@@ -46,6 +46,7 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from .configuration_dual_attention_resnet import NON_METASTATIC_LABEL
 from .ct_dicom import read_ct_hu
 from .ct_volume import (
     CTVolume,
@@ -66,7 +67,6 @@ CSV_COLUMNS = (
 SERIES_COLUMNS = (
     "source", "series", "n_slices", "probability", "top_slice_index", "top_z_mm", "label", "status", "error"
 )
-NEGATIVE_LABEL = "non_metastatic"
 TOP_SLICES_EXPLAINED = 3
 # Bulk of a calibrated CT slice: air at about -1000 HU up to dense bone and contrast.
 CT_RANGE_HU = (-1100.0, 3500.0)
@@ -341,7 +341,7 @@ def _finish(volume: _Volume, model, processor, threshold: float, positive_label:
     probabilities = volume.probabilities
 
     def label(probability: float) -> str:
-        return positive_label if probability >= threshold else NEGATIVE_LABEL
+        return positive_label if probability >= threshold else NON_METASTATIC_LABEL
 
     for row, probability in zip(volume.rows, probabilities, strict=True):
         row.update(probability=f"{probability:.6f}", label=label(probability))

@@ -35,6 +35,8 @@ import gradio as gr  # noqa: E402
 from gradio.components.label import LabelData  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 
+from modeling import METASTATIC_LABEL as METASTATIC  # noqa: E402
+from modeling import NON_METASTATIC_LABEL as NON_METASTATIC  # noqa: E402
 from modeling.ct_dicom import read_ct_hu, read_dicom, technical_metadata  # noqa: E402
 from modeling.explain import explain, overlay  # noqa: E402
 
@@ -43,7 +45,6 @@ EXAMPLES_DIR = HERE / "examples"
 MAX_FILE_SIZE = "20mb"
 CONCURRENCY_LIMIT = 2  # requests computed at once; the rest wait in the queue
 QUEUE_SIZE = 16  # waiting requests beyond this are refused, so a burst cannot exhaust memory
-METASTATIC, NON_METASTATIC = "metastatic", "non-metastatic"
 
 NOTICE = (
     "**Research use only. Not a medical device**: not for diagnosis or treatment decisions. "

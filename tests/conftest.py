@@ -1,17 +1,27 @@
 """Shared fixtures. Nothing here touches the network: tiny random models, synthetic DICOMs."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
-from modeling import CTImageProcessor, DualAttentionResNetConfig, DualAttentionResNetForImageClassification  # noqa: E402
+from benchmarks.serving import serve_demo  # noqa: E402
+from modeling import (  # noqa: E402
+    CLASS_NAMES,
+    CTImageProcessor,
+    DualAttentionResNetConfig,
+    DualAttentionResNetForImageClassification,
+)
 
 TINY_BACKBONE = "resnet10t"
+FUZZ_PATIENT = "ROE^FUZZ-4242"  # name and ID of the fuzzed files' patient: must never be echoed
 TINY_SIZE = 64
 
 
@@ -20,6 +30,51 @@ def tiny_model(**config_overrides) -> DualAttentionResNetForImageClassification:
     torch.manual_seed(0)
     config = DualAttentionResNetConfig(backbone=TINY_BACKBONE, image_size=TINY_SIZE, **config_overrides)
     return DualAttentionResNetForImageClassification(config).eval()
+
+
+# resnet10t reduces by 32: a 128 px input gives a 4 x 4 last-stage map, each cell 32 x 32 pixels.
+GATED_SIZE, GATED_GRID = 128, 4
+
+
+class RegionGate(nn.Module):
+    """Zeroes a `(batch, channels, grid, grid)` feature map outside one cell `(row, col)`."""
+
+    def __init__(self, grid: int, cell):
+        super().__init__()
+        gate = torch.zeros(1, 1, grid, grid)
+        gate[..., cell[0], cell[1]] = 1.0
+        self.register_buffer("gate", gate)
+
+    def forward(self, x):
+        return x * self.gate
+
+
+def region_gated_model(cell, attention="dual"):
+    """A tiny model whose logit depends only on the image region under last-stage cell `cell`.
+
+    The gate sits inside `layer4`, the Grad-CAM layer, so the explained activations are zero elsewhere;
+    classifier weights are made positive so the cell's weighted activations are positive, not clipped.
+    """
+    model = tiny_model(attention=attention)
+    backbone = model.dual_attention_resnet.backbone
+    backbone.layer4 = nn.Sequential(backbone.layer4, RegionGate(GATED_GRID, cell))
+    model.classifier.weight.data.abs_()
+    return model
+
+
+def structured_pixels(batch=2, size=TINY_SIZE, seed=0):
+    """Phantom-like normalised slices: a body ellipse, an organ and a bright node at random places, plus noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    slices = []
+    for _ in range(batch):
+        image = np.where(((yy - 0.5) / 0.42) ** 2 + ((xx - 0.5) / 0.48) ** 2 <= 1, 0.45, 0.0)
+        for radius, value in ((0.12, 0.7), (0.05, 0.95)):
+            cy, cx = rng.uniform(0.3, 0.7, 2)
+            image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = value
+        slices.append(image + rng.normal(0, 0.03, image.shape))
+    unit = torch.tensor(np.stack(slices), dtype=torch.float32)[:, None].expand(-1, 3, -1, -1)
+    return (unit - 0.3) / 0.25
 
 
 @pytest.fixture(scope="session")
@@ -35,42 +90,34 @@ def tiny_model_dir(tmp_path_factory):
 def demo_server(tiny_model_dir, tmp_path_factory):
     """`python space/app.py --model <tiny model>` on a free 127.0.0.1 port, shared by the server and browser tests.
 
-    Yields a namespace: `url`, `process`, `upload_dir` (its private GRADIO_TEMP_DIR), `log` (stdout+stderr).
+    Yields a `benchmarks.serving.DemoServer`: `url`, `process`, `upload_dir` (its private GRADIO_TEMP_DIR),
+    `log` (stdout+stderr).
     """
-    import socket
-    import subprocess
-    import sys
-    import time
-    import types
-    import urllib.request
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     folder = tmp_path_factory.mktemp("demo_server")
-    server = types.SimpleNamespace(url=f"http://127.0.0.1:{port}/", upload_dir=folder / "gradio", log=folder / "log.txt")
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(server.upload_dir)}
-    env.pop("MODEL_ID", None)
-    with open(server.log, "wb") as log:
-        server.process = subprocess.Popen(
-            [sys.executable, "space/app.py", "--model", str(tiny_model_dir), "--port", str(port)],
-            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 180  # a cold import of torch + gradio on a busy CI machine
-    while True:
-        try:
-            urllib.request.urlopen(server.url, timeout=5).close()
-            break
-        except OSError:
-            if server.process.poll() is not None or time.monotonic() > deadline:
-                server.process.kill()
-                pytest.fail(f"demo server did not start:\n{server.log.read_text()[-3000:]}")
-            time.sleep(0.5)
-    yield server
-    server.process.terminate()
-    server.process.wait(timeout=30)
+    with serve_demo(tiny_model_dir, folder / "log.txt", upload_dir=folder / "gradio", timeout_s=180) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fuzzed_dicoms(tmp_path_factory):
+    """216 damaged CT DICOMs (`dicom_fuzz`, seed 0) made from three valid slices: unsigned, signed with a
+    slope of 0.5, and JPEG 2000 lossless, whose patient is `FUZZ_PATIENT`. Returns `(folder, paths)`."""
+    from dicom_fuzz import mutate_ct_dicoms
+    from pydicom.uid import JPEG2000Lossless
+
+    from training.dicom_writer import ct_dataset, write_ct_dicom
+
+    folder = tmp_path_factory.mktemp("fuzz")
+    yy, xx = np.mgrid[:96, :96]
+    hu = np.where((yy - 48) ** 2 + (xx - 48) ** 2 < 40**2, 40.0, -1000.0)
+    valid = [write_ct_dicom(folder / "valid_unsigned.dcm", hu, patient_id=FUZZ_PATIENT)]
+    valid.append(write_ct_dicom(folder / "valid_signed.dcm", hu, patient_id=FUZZ_PATIENT, signed=True,
+                                rescale_slope=0.5, rescale_intercept=0.0))
+    compressed = ct_dataset(hu, patient_id=FUZZ_PATIENT)
+    compressed.compress(JPEG2000Lossless)
+    compressed.save_as(folder / "valid_j2k.dcm", enforce_file_format=True)
+    valid.append(folder / "valid_j2k.dcm")
+    return folder / "damaged", mutate_ct_dicoms([Path(path) for path in valid], folder / "damaged", seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -108,12 +155,12 @@ def write_tiny_prepared(path, size=32, patients=(12, 5, 6), slices_per_patient=2
     yy, xx = np.mgrid[:size, :size]
     features = datasets.Features({
         "image": datasets.Array2D((size, size), "float32"),
-        "label": datasets.ClassLabel(names=["non_metastatic", "metastatic"]),
+        "label": datasets.ClassLabel(names=CLASS_NAMES),
         "patient_id": datasets.Value("string"), "source": datasets.Value("string"),
         "mask": datasets.Array2D((size, size), "uint8"), "has_mask": datasets.Value("bool"),
     })
     splits = {}
-    for split, n_patients in zip(("train", "validation", "test"), patients):
+    for split, n_patients in zip(("train", "validation", "test"), patients, strict=True):
         rows = {name: [] for name in features}
         for p in range(n_patients):
             label = p % 2

@@ -58,7 +58,7 @@ def predictor(app, tiny_model_dir):
 
 def _probability(label) -> float:
     confidences = {item["label"]: item["confidence"] for item in label["confidences"]}
-    assert confidences["metastatic"] + confidences["non-metastatic"] == pytest.approx(1.0)
+    assert confidences["metastatic"] + confidences["non_metastatic"] == pytest.approx(1.0)
     return confidences["metastatic"]
 
 
@@ -85,7 +85,7 @@ def test_predict_on_pydicom_ct_small(predictor, tiny_model_dir):
     with torch.no_grad():
         logit = predictor.model(processor(CT_SMALL, return_tensors="pt")["pixel_values"]).logits[0, 0]
     assert _probability(label) == pytest.approx(torch.sigmoid(logit).item(), abs=1e-5)
-    decision = "metastatic" if torch.sigmoid(logit).item() >= 0.5 else "non-metastatic"
+    decision = "metastatic" if torch.sigmoid(logit).item() >= 0.5 else "non_metastatic"
     assert label["label"] == decision
 
     ds = pydicom.dcmread(CT_SMALL)
@@ -104,7 +104,7 @@ def test_decision_uses_the_stored_threshold(predictor):
     stored = predictor.threshold
     try:
         predictor.threshold = probability + 1e-3
-        assert predictor.predict(CT_SMALL)[0]["label"] == "non-metastatic"
+        assert predictor.predict(CT_SMALL)[0]["label"] == "non_metastatic"
         predictor.threshold = probability - 1e-3
         assert predictor.predict(CT_SMALL)[0]["label"] == "metastatic"
     finally:
@@ -185,13 +185,20 @@ def test_identifying_tags_are_never_shown_or_logged(predictor, tmp_path, capsys,
     ds = ct_dataset(_abdomen_hu(), patient_id="PHANTOM-0001")
     for keyword, value in IDENTIFYING.items():
         setattr(ds, keyword, value)
+    ds.Manufacturer = "MARKER-SCANNER-7"  # a technical tag: it must be shown
     path = tmp_path / "identified.dcm"
     ds.save_as(path, enforce_file_format=True)
 
     with caplog.at_level(logging.DEBUG):
+        # positive controls: what the libraries log or print while predicting is captured below
+        logging.getLogger("gradio").debug("MARKER-LOGGED")
+        print("MARKER-PRINTED")
+        print("MARKER-PRINTED", file=sys.stderr)
         label, _, _, metadata = predictor.predict(str(path))
     shown = json.dumps(metadata) + json.dumps(label)
     captured = capsys.readouterr()
+    assert "MARKER-SCANNER-7" in shown and "MARKER-LOGGED" in caplog.text
+    assert "MARKER-PRINTED" in captured.out and "MARKER-PRINTED" in captured.err
     for value in IDENTIFYING.values():
         for text in (shown, captured.out, captured.err, caplog.text):
             assert value not in text and value.replace("^", " ") not in text

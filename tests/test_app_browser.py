@@ -60,7 +60,7 @@ def _expected_label(model_dir, path):
     processor = CTImageProcessor.from_pretrained(model_dir)
     with torch.no_grad():
         probability = torch.sigmoid(model(processor(str(path))["pixel_values"]).logits[0, 0]).item()
-    decision = "metastatic" if probability >= model.config.decision_threshold else "non-metastatic"
+    decision = "metastatic" if probability >= model.config.decision_threshold else "non_metastatic"
     return decision, f"{round(100 * probability)}%"
 
 

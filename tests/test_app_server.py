@@ -12,6 +12,7 @@ from pydicom.data import get_testdata_file
 from training.dicom_writer import ct_dataset
 
 IDENTIFYING = {"PatientName": "ROE^RICHARD", "PatientID": "MRN-90817263", "PatientBirthDate": "19540709"}
+SHOWN_MARKER = "MARKER-SCANNER-9"
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,7 @@ def _identified_slice(path):
     ds = ct_dataset(hu, patient_id="PHANTOM-0002")
     for keyword, value in IDENTIFYING.items():
         setattr(ds, keyword, value)
+    ds.Manufacturer = SHOWN_MARKER  # a technical tag: it must be shown
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -44,8 +46,8 @@ def test_predict_over_http(client, demo_server, tmp_path):
 
     confidences = {item["label"]: item["confidence"] for item in label["confidences"]}
     assert 0.0 <= confidences["metastatic"] <= 1.0
-    assert label["label"] == ("metastatic" if confidences["metastatic"] >= 0.5 else "non-metastatic")
-    assert confidences["non-metastatic"] == pytest.approx(1.0 - confidences["metastatic"])
+    assert label["label"] == ("metastatic" if confidences["metastatic"] >= 0.5 else "non_metastatic")
+    assert confidences["non_metastatic"] == pytest.approx(1.0 - confidences["metastatic"])
     for path in (attention_path, gradcam_path):
         with Image.open(path) as image:
             assert image.format == "PNG" and image.mode == "RGB" and image.size == (96, 96)
@@ -53,6 +55,8 @@ def test_predict_over_http(client, demo_server, tmp_path):
 
     shown = json.dumps(metadata) + json.dumps(label)
     served_log = demo_server.log.read_text()
+    # positive controls: the shown metadata comes from this file, and the log is this server's (unbuffered) output
+    assert SHOWN_MARKER in shown and demo_server.url.rstrip("/") in served_log
     for value in IDENTIFYING.values():
         assert value not in shown and value not in served_log
     assert not list(demo_server.upload_dir.rglob("slice.dcm")), "the upload must be deleted after the request"

@@ -5,10 +5,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SIZE, tiny_model
+from conftest import GATED_GRID, GATED_SIZE, TINY_SIZE, region_gated_model, structured_pixels, tiny_model
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from torch import nn
 
 from modeling import DualAttentionResNetConfig, DualAttentionResNetForImageClassification
 from modeling.explain import (
@@ -20,50 +19,6 @@ from modeling.explain import (
     target_layer_name,
     tokens_to_grid,
 )
-
-# resnet10t reduces by 32: a 128 px input gives a 4 x 4 last-stage map, each cell 32 x 32 pixels.
-GATED_SIZE, GATED_GRID = 128, 4
-
-
-class RegionGate(nn.Module):
-    """Zeroes a `(batch, channels, grid, grid)` feature map outside one cell `(row, col)`."""
-
-    def __init__(self, grid: int, cell):
-        super().__init__()
-        gate = torch.zeros(1, 1, grid, grid)
-        gate[..., cell[0], cell[1]] = 1.0
-        self.register_buffer("gate", gate)
-
-    def forward(self, x):
-        return x * self.gate
-
-
-def region_gated_model(cell, attention="dual"):
-    """A tiny model whose logit depends only on the image region under last-stage cell `cell`.
-
-    The gate sits inside `layer4`, the Grad-CAM layer, so the explained activations are zero elsewhere;
-    classifier weights are made positive so the cell's weighted activations are positive, not clipped.
-    """
-    model = tiny_model(attention=attention)
-    backbone = model.dual_attention_resnet.backbone
-    backbone.layer4 = nn.Sequential(backbone.layer4, RegionGate(GATED_GRID, cell))
-    model.classifier.weight.data.abs_()
-    return model
-
-
-def structured_pixels(batch=2, size=TINY_SIZE, seed=0):
-    """Phantom-like normalised slices: a body ellipse, an organ and a bright node at random places, plus noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size] / size
-    slices = []
-    for _ in range(batch):
-        image = np.where(((yy - 0.5) / 0.42) ** 2 + ((xx - 0.5) / 0.48) ** 2 <= 1, 0.45, 0.0)
-        for radius, value in ((0.12, 0.7), (0.05, 0.95)):
-            cy, cx = rng.uniform(0.3, 0.7, 2)
-            image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = value
-        slices.append(image + rng.normal(0, 0.03, image.shape))
-    unit = torch.tensor(np.stack(slices), dtype=torch.float32)[:, None].expand(-1, 3, -1, -1)
-    return (unit - 0.3) / 0.25
 
 
 def random_pixels(batch=2, size=TINY_SIZE, seed=0):

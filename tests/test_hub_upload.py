@@ -7,7 +7,6 @@ or to a recording stand-in for `HfApi`.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +15,15 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SIZE, tiny_model, write_tiny_prepared
 from huggingface_hub import ModelCard, SpaceCard, metadata_load
 from PIL import Image
 
-from conftest import TINY_SIZE, tiny_model, write_tiny_prepared
+from benchmarks.serving import free_port
 from hub_upload import TrainingProvenance, read_provenance, stage_model_repo, stage_space
 from hub_upload import push as push_module
 from hub_upload.__main__ import main
+from hub_upload.code_files import MODELING_DIR
 from hub_upload.space import SPACE_DIR
 from modeling import CTImageProcessor
 from training.dicom_writer import write_ct_dicom
@@ -92,14 +93,15 @@ def staged(tiny_model_dir, eval_dir, tmp_path_factory):
     return out
 
 
+def copy_model_folder(model_dir: Path, destination: Path, weights: bool = True) -> Path:
+    """A copy of a saved model folder (configs and the code saved with it), with or without its weights."""
+    ignore = shutil.ignore_patterns("*.safetensors") if not weights else None
+    shutil.copytree(model_dir, destination, ignore=ignore)
+    return destination
+
+
 def files_under(folder: Path) -> set:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_cli(args, env_overrides, cwd):
@@ -131,11 +133,9 @@ def test_staged_repo_holds_exactly_the_hub_files(staged):
     assert not extra_code, f"staged modules nobody imports: {extra_code}"
     assert not list(staged.parent.glob(".out.*")), "temporary staging folders left behind"
     config = json.loads((staged / "config.json").read_text())
-    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor"}
+    assert set(config["auto_map"]) == {
+        "AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor"}
 
-
-SPACE_READY = all((SPACE_DIR / name).is_file() for name in ("app.py", "README.md", "requirements.txt"))
-needs_space = pytest.mark.skipif(not SPACE_READY, reason="space/app.py, README.md and requirements.txt not written yet")
 
 # Run in one fresh interpreter (torch + transformers + gradio imports dominate the cost): first the
 # staged model repo through every Auto class and the pipeline, checked to import nothing of this
@@ -167,13 +167,12 @@ report = {
     "logits": logits.tolist(), "pooled_shape": list(pooled.shape),
     "pipeline": score, "png_probability": torch.sigmoid(png_logit)[0, 0].item(),
 }
-if space:
-    os.environ["MODEL_ID"] = repo  # what the push sets as a Space variable
-    os.chdir(space)
-    sys.path.insert(0, space)  # as `python app.py` in the Space's folder
-    import app
-    report["space"] = {"modeling": sys.modules["modeling"].__file__, "model": app._source,
-                       "served": type(app.demo).__name__}
+os.environ["MODEL_ID"] = repo  # what the push sets as a Space variable
+os.chdir(space)
+sys.path.insert(0, space)  # as `python app.py` in the Space's folder
+import app
+report["space"] = {"modeling": sys.modules["modeling"].__file__, "model": app._source,
+                   "served": type(app.demo).__name__}
 print(json.dumps(report))
 """
 HU_SLICE = np.random.default_rng(0).uniform(-300, 400, size=(80, 80)).astype(np.float32)
@@ -182,8 +181,6 @@ HU_SLICE = np.random.default_rng(0).uniform(-300, 400, size=(80, 80)).astype(np.
 @pytest.fixture(scope="module")
 def staged_space(tmp_path_factory):
     """(path, files as staged): running app.py later adds files of its own (Gradio writes app.pyi)."""
-    if not SPACE_READY:
-        return None, None
     path = stage_space(tmp_path_factory.mktemp("space_stage") / "space", model_id="me/pdac-ln")
     return path, files_under(path)
 
@@ -197,7 +194,7 @@ def fresh_process(staged, staged_space, tmp_path_factory):
     env = {**os.environ, "HF_MODULES_CACHE": str(folder / "modules"), "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
     env.pop("MODEL_ID", None)
-    space = staged_space[0] or ""
+    space = staged_space[0]
     command = [sys.executable, "-I", "-B", "-c", FRESH_PROCESS_SCRIPT, str(staged), str(folder / "hu.npy"), str(space)]
     result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -220,10 +217,7 @@ def test_staged_repo_loads_as_remote_code_with_the_same_logits(staged, fresh_pro
 
 
 def test_pickle_only_model_is_converted_to_safetensors(tiny_model_dir, tmp_path):
-    pickled = tmp_path / "pickled"
-    pickled.mkdir()
-    for name in ("config.json", "preprocessor_config.json"):
-        (pickled / name).write_bytes((tiny_model_dir / name).read_bytes())
+    pickled = copy_model_folder(tiny_model_dir, tmp_path / "pickled", weights=False)
     model = tiny_model()
     torch.save(model.state_dict(), pickled / "pytorch_model.bin")
 
@@ -247,10 +241,7 @@ class RunsCodeWhenUnpickled:
 
 
 def test_pickle_with_code_is_refused_without_running_it(tiny_model_dir, tmp_path):
-    pickled = tmp_path / "pickled"
-    pickled.mkdir()
-    for name in ("config.json", "preprocessor_config.json"):
-        (pickled / name).write_bytes((tiny_model_dir / name).read_bytes())
+    pickled = copy_model_folder(tiny_model_dir, tmp_path / "pickled", weights=False)
     marker = tmp_path / "code_ran"
     torch.save({"weight": RunsCodeWhenUnpickled(marker)}, pickled / "pytorch_model.bin")
 
@@ -258,6 +249,55 @@ def test_pickle_with_code_is_refused_without_running_it(tiny_model_dir, tmp_path
         stage_model_repo(pickled, tmp_path / "out", repo_id="me/pdac-ln", provenance=PHANTOM)
     assert "\n" not in str(refused.value)
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_stages_the_code_saved_with_the_weights_and_says_when_it_differs(tiny_model_dir, tmp_path, capsys):
+    model = copy_model_folder(tiny_model_dir, tmp_path / "model")
+    with open(model / "attention.py", "a") as saved:
+        saved.write("# as the model was trained last month\n")
+    argv = ["--model", str(model), "--repo-id", "me/pdac-ln", "--dry-run", "--trained-on", "phantom"]
+
+    assert main(argv + ["--stage-dir", str(tmp_path / "saved")]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: the code saved with the weights differs from modeling/ in attention.py; publishing the saved code"]
+    assert (tmp_path / "saved" / "attention.py").read_bytes() == (model / "attention.py").read_bytes()
+    assert (tmp_path / "saved" / "modeling_dual_attention_resnet.py").read_bytes() == (
+        model / "modeling_dual_attention_resnet.py").read_bytes()
+
+    assert main(argv + ["--code", "current", "--stage-dir", str(tmp_path / "current")]) == 0
+    assert "publishing today's modeling/ (--code current)" in capsys.readouterr().out
+    assert (tmp_path / "current" / "attention.py").read_bytes() == (MODELING_DIR / "attention.py").read_bytes()
+
+    unchanged = ["--model", str(tiny_model_dir), "--repo-id", "me/pdac-ln", "--dry-run", "--trained-on", "phantom"]
+    assert main(unchanged + ["--stage-dir", str(tmp_path / "unchanged")]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_stages_the_custom_pipeline_config_json_names(tiny_model_dir, tmp_path, capsys):
+    """`custom_pipelines` (transformers' format) names a file of the model folder; it and its relative
+    imports are staged, and a folder missing one is refused in one line."""
+    model = copy_model_folder(tiny_model_dir, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    config["custom_pipelines"] = {"image-classification": {
+        "impl": "pipeline_ct.CTImageClassificationPipeline", "pt": ["AutoModelForImageClassification"],
+        "tf": [], "type": "image"}}
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "pipeline_ct.py").write_text(
+        "from .dicom_inputs import read_input\n\n\nclass CTImageClassificationPipeline:\n    pass\n")
+    (model / "dicom_inputs.py").write_text("def read_input(path):\n    return path\n")
+
+    out = stage_model_repo(model, tmp_path / "out", repo_id="me/pdac-ln", provenance=PHANTOM)
+    assert {"pipeline_ct.py", "dicom_inputs.py"} <= files_under(out)
+    assert json.loads((out / "config.json").read_text())["custom_pipelines"] == config["custom_pipelines"]
+
+    (model / "dicom_inputs.py").unlink()
+    argv = ["--model", str(model), "--repo-id", "me/pdac-ln", "--dry-run", "--trained-on", "phantom",
+            "--stage-dir", str(tmp_path / "refused")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dicom_inputs.py not found" in err and "--code current" in err
+    assert not (tmp_path / "refused").exists()
 
 
 # --- the model card ---------------------------------------------------------------------------------------------
@@ -281,7 +321,8 @@ def test_card_metadata_parses_and_carries_the_metrics(staged, eval_dir):
                 continue
             result = results[(level, hub_names.get(key, key))]
             assert result.metric_value == block[key]["value"]
-            assert (result.metric_args["ci_low"], result.metric_args["ci_high"]) == (block[key]["ci_low"], block[key]["ci_high"])
+            interval_args = (result.metric_args["ci_low"], result.metric_args["ci_high"])
+            assert interval_args == (block[key]["ci_low"], block[key]["ci_high"])
             assert result.metric_args["threshold"] == metrics["threshold"]
             assert result.dataset_split == "test"
     assert len(results) == 11
@@ -314,6 +355,35 @@ def test_card_without_eval_says_so_and_real_data_is_not_called_synthetic(tiny_mo
     assert not (out / "evaluation").exists()
 
 
+def test_card_shows_the_maps_measured_localisation_and_the_threshold_note(tiny_model_dir, staged, tmp_path):
+    text = (staged / "README.md").read_text()  # a model whose maps were never evaluated
+    assert text.count("never evaluated against lesion masks") == 2
+
+    model = copy_model_folder(tiny_model_dir, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    config["decision_threshold"] = 0.99963
+    config["threshold_note"] = "chosen on a validation split that separates the classes perfectly"
+    config["localisation"] = {"gradcam": {
+        "pointing_game": 0.93, "pointing_game_ci": [0.81, 1.0], "energy_in_mask": 0.42, "n_slices": 51,
+        "chance": 0.018, "split": "test"}}  # attention absent: never evaluated
+    (model / "config.json").write_text(json.dumps(config))
+
+    out = stage_model_repo(model, tmp_path / "out", repo_id="me/pdac-ln", provenance=PHANTOM)
+    text = (out / "README.md").read_text()
+    assert ("| Grad-CAM | on its evaluation (test split), its peak fell on the lesion in 93 % of 51 metastatic "
+            "slices (95 % CI 81 % to 100 %; a random point: 1.8 %), with 42 % of its energy inside the lesion |"
+            ) in text
+    assert "| Spatial attention | never evaluated against lesion masks" in text
+    assert ("`config.decision_threshold` = 0.9996 (chosen on a validation split that separates the classes "
+            "perfectly)") in text
+
+    config["attention"] = "channel"
+    (model / "config.json").write_text(json.dumps(config))
+    out = stage_model_repo(model, tmp_path / "channel", repo_id="me/pdac-ln", provenance=PHANTOM)
+    text = (out / "README.md").read_text()
+    assert "| Spatial attention | none: this model has no spatial attention branch |" in text
+
+
 def test_training_data_is_read_from_the_run(tiny_model_dir, prepared_dataset, phantom_dir, tmp_path):
     from training.prepare import prepare_dataset
 
@@ -322,9 +392,7 @@ def test_training_data_is_read_from_the_run(tiny_model_dir, prepared_dataset, ph
     prepare_dataset(phantom_dir, phantom_from_folders, size=TINY_SIZE, seed=0, num_workers=1)
     other_ds = write_tiny_prepared(tmp_path / "other_ds")  # patients "train-00", ...: not the phantom
     run = tmp_path / "run"
-    (run / "best").mkdir(parents=True)
-    for name in ("config.json", "preprocessor_config.json", "model.safetensors"):
-        (run / "best" / name).write_bytes((tiny_model_dir / name).read_bytes())
+    copy_model_folder(tiny_model_dir, run / "best")
     (run / "config.yaml").write_text(
         f"data: {prepared_dataset}\nepochs: 3\nlr: 0.0001\npretrained_backbone: false\n"
         "backbone_weights: /secret/weights.pth\noutput_dir: /secret/run\n"
@@ -372,7 +440,8 @@ def test_stages_what_training_evaluate_writes(tiny_model_dir, prepared_dataset, 
                            eval_dir=tmp_path / "eval")
 
     card = ModelCard.load(out / "README.md")
-    slice_auc = next(r for r in card.data.eval_results if r.metric_type == "roc_auc" and r.metric_config == "slice-level")
+    slice_auc = next(
+        r for r in card.data.eval_results if r.metric_type == "roc_auc" and r.metric_config == "slice-level")
     assert slice_auc.metric_value == metrics["auc_roc"]["value"]
     assert slice_auc.metric_args["threshold"] == metrics["threshold"]
     assert json.loads((out / "config.json").read_text())["decision_threshold"] == metrics["threshold"]
@@ -393,15 +462,29 @@ def test_stage_refuses_to_overwrite_and_leaves_nothing_on_failure(tiny_model_dir
     assert "pass --overwrite" in capsys.readouterr().err
     assert [p.name for p in keep.iterdir()] == ["notes.txt"]
 
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
-    (broken / "preprocessor_config.json").write_text((tiny_model_dir / "preprocessor_config.json").read_text())
+    broken = copy_model_folder(tiny_model_dir, tmp_path / "broken", weights=False)
     assert main(["--model", str(broken), "--repo-id", "me/pdac-ln", "--dry-run", "--trained-on", "phantom",
                  "--stage-dir", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no model.safetensors" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "mine"]  # no out/, no temporary folder
+
+
+def test_overwrite_replaces_a_staged_folder_as_a_whole(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_model_dir), "--dry-run", "--trained-on", "phantom", "--stage-dir", str(out)]
+    assert main(argv + ["--repo-id", "me/first"]) == 0
+    (out / "left_over.txt").write_text("from an earlier stage")
+    assert main(argv + ["--repo-id", "me/second"]) == 1  # without --overwrite the first stage stays
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert 'repo = "me/first"' in (out / "README.md").read_text()
+
+    assert main(argv + ["--repo-id", "me/second", "--overwrite"]) == 0
+    readme = (out / "README.md").read_text()
+    assert 'repo = "me/second"' in readme and "me/first" not in readme
+    assert not (out / "left_over.txt").exists(), "the old folder is replaced, not merged into"
+    assert (out / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "no temporary or previous folder left behind"
 
 
 def test_bad_metrics_json_is_refused_in_one_line(tiny_model_dir, tmp_path, capsys):
@@ -417,7 +500,6 @@ def test_bad_metrics_json_is_refused_in_one_line(tiny_model_dir, tmp_path, capsy
 # --- the Space ----------------------------------------------------------------------------------------------------
 
 
-@needs_space
 def test_staged_space_imports_its_own_modeling_and_serves_the_staged_model(staged, staged_space, fresh_process):
     space, files = staged_space
     assert {"app.py", "requirements.txt", "README.md", "modeling/__init__.py", "modeling/explain.py",
@@ -450,11 +532,12 @@ def test_space_refuses_example_dicoms_that_are_not_phantoms(tmp_path):
 
 
 def test_push_without_network_fails_in_one_line_and_never_shows_the_token(tiny_model_dir, eval_dir, tmp_path):
-    args = ["--model", str(tiny_model_dir), "--eval", str(eval_dir), "--repo-id", "me/pdac-ln", "--trained-on", "phantom"]
+    args = ["--model", str(tiny_model_dir), "--eval", str(eval_dir), "--repo-id", "me/pdac-ln",
+            "--trained-on", "phantom"]
     cases = {
         "offline": {"HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "1"},
-        "no token": {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"},
-        "unreachable": {"HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"},
+        "no token": {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"},
+        "unreachable": {"HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"},
     }
     outputs = {}
     for case, env in cases.items():
@@ -491,7 +574,8 @@ class RecordingHfApi:
     def upload_folder(self, **kwargs):
         if self.fail_with:
             raise RuntimeError(self.fail_with)
-        files = sorted(str(p.relative_to(kwargs["folder_path"])) for p in Path(kwargs["folder_path"]).rglob("*") if p.is_file())
+        folder = Path(kwargs["folder_path"])
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
         self.calls.append(("upload_folder", {**kwargs, "files": files}))
         from huggingface_hub import CommitInfo
 
@@ -503,21 +587,24 @@ class RecordingHfApi:
         self.calls.append(("add_space_variable", {"repo_id": repo_id, key: value}))
 
 
-@needs_space
-def test_push_honours_flags_and_wires_the_space_to_the_model_commit(tiny_model_dir, eval_dir, tmp_path, monkeypatch, capsys):
+def test_push_honours_flags_and_wires_the_space_to_the_model_commit(
+    tiny_model_dir, eval_dir, tmp_path, monkeypatch, capsys
+):
     RecordingHfApi.calls, RecordingHfApi.fail_with = [], None
     monkeypatch.setattr(push_module, "HfApi", RecordingHfApi)
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     monkeypatch.setattr(push_module.constants, "is_offline_mode", lambda: False)
-    argv = ["--model", str(tiny_model_dir), "--eval", str(eval_dir), "--repo-id", "me/pdac-ln", "--trained-on", "phantom",
-            "--private", "--revision", "v1", "--space-id", "me/pdac-ln-demo", "--stage-dir", str(tmp_path / "out")]
+    argv = ["--model", str(tiny_model_dir), "--eval", str(eval_dir), "--repo-id", "me/pdac-ln",
+            "--trained-on", "phantom", "--private", "--revision", "v1", "--space-id", "me/pdac-ln-demo",
+            "--stage-dir", str(tmp_path / "out")]
     assert main(argv) == 0
     calls = [(name, kw) for name, kw in RecordingHfApi.calls if name != "init"]
     assert all(kw["token_given"] for name, kw in RecordingHfApi.calls if name == "init")
     create_model, branch, upload_model, create_space, upload_space, *variables = calls
     assert create_model == ("create_repo", {"repo_id": "me/pdac-ln", "repo_type": "model", "private": True,
                                             "exist_ok": True, "space_sdk": None})
-    assert branch == ("create_branch", {"repo_id": "me/pdac-ln", "branch": "v1", "repo_type": "model", "exist_ok": True})
+    assert branch == ("create_branch",
+                      {"repo_id": "me/pdac-ln", "branch": "v1", "repo_type": "model", "exist_ok": True})
     assert upload_model[1]["revision"] == "v1" and upload_model[1]["create_pr"] is False
     assert upload_model[1]["delete_patterns"] == "*"  # stale remote files (an old pickle) go in the same commit
     assert "AUC 0.910, 95% CI 0.840-0.970" in upload_model[1]["commit_message"]
@@ -528,8 +615,22 @@ def test_push_honours_flags_and_wires_the_space_to_the_model_commit(tiny_model_d
                          ("add_space_variable", {"repo_id": "me/pdac-ln-demo",
                                                  "MODEL_REVISION": "0123456789abcdef0123456789abcdef01234567"})]
     out = capsys.readouterr()
+    assert "pushed model: https://hf.co/me/pdac-ln/commit/" in out.out  # positive control: the push was reported
     assert FAKE_TOKEN not in out.out + out.err
     assert (tmp_path / "out" / "README.md").is_file() and (tmp_path / "out-space" / "app.py").is_file()
+
+
+def test_keep_remote_files_deletes_nothing_on_the_hub(tiny_model_dir, tmp_path, monkeypatch):
+    RecordingHfApi.calls, RecordingHfApi.fail_with = [], None
+    monkeypatch.setattr(push_module, "HfApi", RecordingHfApi)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr(push_module.constants, "is_offline_mode", lambda: False)
+    argv = ["--model", str(tiny_model_dir), "--repo-id", "me/pdac-ln", "--trained-on", "phantom",
+            "--space-id", "me/pdac-ln-demo", "--keep-remote-files"]
+    assert main(argv) == 0
+    uploads = [kwargs for name, kwargs in RecordingHfApi.calls if name == "upload_folder"]
+    assert [upload["repo_type"] for upload in uploads] == ["model", "space"]
+    assert [upload["delete_patterns"] for upload in uploads] == [None, None]
 
 
 def test_push_error_is_one_line_with_the_token_blanked(tiny_model_dir, tmp_path, monkeypatch, capsys):
@@ -542,4 +643,5 @@ def test_push_error_is_one_line_with_the_token_blanked(tiny_model_dir, tmp_path,
     assert main(argv) == 1
     out = capsys.readouterr()
     assert FAKE_TOKEN not in out.out + out.err
-    assert out.err == "error: pushing to model me/pdac-ln failed: RuntimeError: 401 Unauthorized request headers: authorization: Bearer ***\n"
+    assert out.err == ("error: pushing to model me/pdac-ln failed: RuntimeError: 401 Unauthorized "
+                       "request headers: authorization: Bearer ***\n")

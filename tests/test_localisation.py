@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
-from test_explain import GATED_GRID, GATED_SIZE, region_gated_model, structured_pixels
+from conftest import GATED_GRID, GATED_SIZE, region_gated_model, structured_pixels, tiny_model
 
 from modeling.explain import explain
 from training.localisation import energy_in_mask, localisation_metrics, pointing_chance, pointing_game_hits

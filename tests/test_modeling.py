@@ -12,6 +12,7 @@ import torch
 from conftest import TINY_BACKBONE, TINY_SIZE, tiny_model
 
 from modeling import (
+    ATTENTION_MODES,
     DualAttentionResNetConfig,
     DualAttentionResNetForImageClassification,
     DualAttentionResNetModel,
@@ -28,7 +29,7 @@ def _pixels(batch=2, size=TINY_SIZE, seed=0):
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("attention", ["dual", "channel", "spatial", "none"])
+@pytest.mark.parametrize("attention", ATTENTION_MODES)
 def test_forward_shapes_maps_and_loss_for_every_attention_mode(attention):
     model = tiny_model(attention=attention)
     labels = torch.tensor([1, 0])

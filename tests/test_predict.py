@@ -122,6 +122,25 @@ def test_mixed_folder_gives_a_row_per_file_errors_for_bad_ones_and_exit_status_1
         assert "DOE" not in text and "4711" not in text
 
 
+@pytest.mark.parametrize("attention", ["channel", "none"])
+def test_a_model_without_a_spatial_branch_gets_slice_and_gradcam_panels(mixed_folder, tmp_path, attention):
+    model = tiny_model(attention=attention)
+    processor = CTImageProcessor(size=TINY_SIZE, image_mean=[0.3] * 3, image_std=[0.25] * 3)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    output, explain_dir = tmp_path / "out.csv", tmp_path / "explained"
+
+    argv = [str(mixed_folder / "a.dcm"), "--model", str(tmp_path / "model"), "--output", str(output),
+            "--explain-dir", str(explain_dir)]
+    assert main(argv) == 0
+    (row,) = read_rows(output)
+    assert row["status"] == "ok" and row["error"] == ""
+    expected = probability_of(model, processor, mixed_folder / "a.dcm")
+    assert float(row["probability"]) == pytest.approx(expected, abs=1e-6)
+    with Image.open(explain_dir / row["explanation"]) as image:
+        assert image.width == 2 * 256 + 8  # slice | Grad-CAM: no attention panel
+
+
 def test_predictions_do_not_depend_on_batching(mixed_folder, model_dir, tmp_path):
     runs = {}
     for batch_size in ("1", "16"):

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from training.dicom_writer import write_ct_dicom
+from training.paper import paper_table_rows
 from training.quickstart import quickstart
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +38,11 @@ def test_readme_python_modules_and_scripts_exist():
         assert (ROOT / script).is_file(), script
     for config in re.findall(r"--config (\S+)", shell):
         assert (ROOT / config).is_file(), config
+
+
+def test_readme_paper_table_is_the_one_definition():
+    for row in paper_table_rows():
+        assert row in README, row
 
 
 def test_readme_python_snippets_run_on_a_saved_model(tiny_model_dir, tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ import torch
 from modeling import DualAttentionResNetConfig, DualAttentionResNetForImageClassification
 from training.evaluate import evaluate
 from training.metrics import METRIC_NAMES, paired_auc_difference
+from training.paper import PAPER_RESULTS
 from training.train import BackboneWeightsError, ConfigError, resolve_config, train
 
 # key -> (name in the table, timm backbone, attention)
@@ -32,7 +33,7 @@ MODELS = {
 }
 REFERENCE = "resnet50_dual"
 # The paper's test-set AUCs (150 slices), for orientation only.
-PAPER_AUC = {"vgg16": 0.88, "resnet50": 0.91, "vit_b16": 0.93, "resnet50_dual": 0.97}
+PAPER_AUC = {key: PAPER_RESULTS[name]["auc_roc"] for key, (name, _, _) in MODELS.items()}
 
 
 def parse_backbones(text: str) -> dict:

@@ -29,8 +29,9 @@ from sklearn.metrics import ConfusionMatrixDisplay, roc_curve  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from modeling import CTImageProcessor, DualAttentionResNetForImageClassification  # noqa: E402
+from modeling import CLASS_NAMES, CTImageProcessor, DualAttentionResNetForImageClassification  # noqa: E402
 from training.data import load_prepared, torch_splits  # noqa: E402
+from training.localisation import localisation_metrics  # noqa: E402
 from training.metrics import (  # noqa: E402
     METRIC_NAMES,
     binary_confusion_matrix,
@@ -39,10 +40,7 @@ from training.metrics import (  # noqa: E402
     operating_point,
     patient_scores,
 )
-
-# The paper's test-set results for its attention model (150 slices, no intervals given).
-PAPER_RESULTS = {"accuracy": 0.8733, "precision": 0.8256, "recall": 0.9467, "f1": 0.882, "auc_roc": 0.97}
-CLASS_NAMES = ["non_metastatic", "metastatic"]
+from training.paper import PAPER_ATTENTION_MODEL, PAPER_RESULTS  # noqa: E402
 
 
 def load_model(model_dir):
@@ -73,11 +71,6 @@ def localisation(model, split, raw_split, resamples: int, seed: int) -> Optional
     """Attention / Grad-CAM localisation on positive slices that have lesion masks, or None if there are none."""
     rows = [i for i, (label, has_mask) in enumerate(zip(raw_split["label"], raw_split["has_mask"])) if label == 1 and has_mask]
     if not rows:
-        return None
-    try:
-        from training.localisation import localisation_metrics
-    except ModuleNotFoundError:  # written in parallel by the explanations work; absent in older checkouts
-        print("note: training.localisation is not available; localisation not reported", file=sys.stderr)
         return None
     pixel_values = torch.stack([split[i]["pixel_values"] for i in rows])
     masks = torch.as_tensor(np.stack([np.asarray(raw_split[i]["mask"]) for i in rows]))
@@ -222,7 +215,7 @@ def write_report(path: str, metrics: dict, model_dir: str, data: str) -> None:
         "## For reference: the paper",
         "",
         "The paper reports, for ResNet-50 + dual attention on its own 150 test slices (no intervals, no "
-        "patient-grouped split): " + ", ".join(f"{k} {v:.3f}" for k, v in PAPER_RESULTS.items()) + ". "
+        "patient-grouped split): " + ", ".join(f"{k} {v:.3f}" for k, v in PAPER_RESULTS[PAPER_ATTENTION_MODEL].items()) + ". "
         "Numbers on other data, and on the synthetic phantom in particular, are not comparable to these.",
         "",
     ]

@@ -35,9 +35,9 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
+from modeling import CLASS_NAMES as LABELS  # index = label, as in the prepared dataset
 from training.dicom_writer import deterministic_uid, write_ct_dicom
 
-LABELS = ("non_metastatic", "metastatic")  # index = label, as in the prepared dataset
 FIELD_OF_VIEW_MM = 300.0  # a slim adult abdomen fills it; a wider one would shrink the node
 SLICE_THICKNESS_MM = 5.0
 

@@ -33,11 +33,10 @@ from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm.auto import tqdm
 
-from modeling import CTImageProcessor
+from modeling import CLASS_NAMES, CTImageProcessor
 from modeling.ct_dicom import read_dicom
 from modeling.image_processing_ct import IMAGE_SUFFIXES
 
-CLASS_NAMES = ["non_metastatic", "metastatic"]
 LABEL_ALIASES = {"non_metastatic": 0, "normal": 0, "0": 0, "metastatic": 1, "cancer": 1, "1": 1}
 SPLITS = ("train", "validation", "test")
 N_FOLDS = 6  # one fold test, one validation, four train: 16.7 / 16.7 / 66.7 %

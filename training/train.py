@@ -35,10 +35,10 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from modeling import DualAttentionResNetConfig, DualAttentionResNetForImageClassification  # noqa: E402
+from modeling import ATTENTION_MODES, DualAttentionResNetConfig, DualAttentionResNetForImageClassification  # noqa: E402
 from training.data import load_prepared, processor_from_info, torch_splits  # noqa: E402
 
-# The paper's protocol (../shared/METHOD.md); training/configs/paper.yaml spells the same values out.
+# The paper's protocol (training.paper.PAPER_TITLE); training/configs/paper.yaml spells the same values out.
 DEFAULTS = {
     "data": None,
     "output_dir": None,
@@ -341,7 +341,7 @@ def parse_args(argv=None) -> dict:
     parser.add_argument("--output-dir", help="run folder: best/, history.json, loss_curve.png, state/")
     parser.add_argument("--config", help=f"YAML settings, e.g. {os.path.join(CONFIG_DIR, 'paper.yaml')}")
     parser.add_argument("--backbone", help="timm model name (default resnet50)")
-    parser.add_argument("--attention", choices=["dual", "channel", "spatial", "none"])
+    parser.add_argument("--attention", choices=ATTENTION_MODES)
     parser.add_argument("--frozen-stages", type=int, help="backbone stages frozen, stem included (default 2)")
     parser.add_argument("--dropout", type=float)
     parser.add_argument("--no-pretrained-backbone", dest="pretrained_backbone", action="store_false", default=None,

@@ -1,0 +1,126 @@
+"""Light installs: `pip install .` is the model, each extra covers the code it is for, the Space's pins cover the Space.
+
+Imports are read statically (every `import` in the files, lazy ones included) and mapped to the
+distributions that provide them, so adding `import x` to a package without declaring x fails here.
+"""
+
+import ast
+import importlib.metadata
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from hub_upload.code_files import module_closure, script_modules
+from hub_upload.space import SPACE_DIR, space_files
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+FIRST_PARTY = {"modeling", "training", "hub_upload", "space", "benchmarks", "conftest", "app"}
+# Imports of modeling/ that only an optional path needs, and the extra that provides each.
+MODEL_OPTIONAL_IMPORTS = {"pytorch_grad_cam": "train"}  # explain(method="gradcam++", ...)
+# The Space's Gradio image brings these with gradio itself.
+GRADIO_IMAGE = {"gradio", "gradio-client", "huggingface-hub"}
+
+
+def requirement_names(requirements) -> set:
+    """Canonical distribution names; this project's own extras (`pdac-ln-attention[train]`) expanded."""
+    names = set()
+    for line in requirements:
+        requirement = Requirement(line)
+        if canonicalize_name(requirement.name) == canonicalize_name(PROJECT["name"]):
+            names |= set().union(*(extra_names(extra) for extra in requirement.extras))
+        else:
+            names.add(canonicalize_name(requirement.name))
+    return names
+
+
+def extra_names(extra: str) -> set:
+    return requirement_names(PROJECT["optional-dependencies"][extra])
+
+
+CORE = requirement_names(PROJECT["dependencies"])
+
+
+def third_party_imports(files) -> set:
+    """Top-level names of absolute imports that are neither the standard library nor this repository."""
+    names = set()
+    for path in files:
+        local = {sibling.stem for sibling in path.parent.glob("*.py")}
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add(node.module.split(".")[0])
+        names -= local
+    return names - set(sys.stdlib_module_names) - FIRST_PARTY
+
+
+def undeclared(imports: set, declared: set) -> set:
+    """Imports none of whose providing distributions is in `declared`."""
+    providers = importlib.metadata.packages_distributions()
+    return {
+        name for name in imports
+        if not {canonicalize_name(dist) for dist in providers.get(name, [name])} & declared
+    }
+
+
+def python_files(folder: str) -> list:
+    return sorted((ROOT / folder).glob("*.py"))
+
+
+def test_core_install_is_the_model_without_training_demo_or_hub_tools():
+    assert not CORE & {"gradio", "gradio-client", "accelerate", "datasets", "scikit-learn", "grad-cam", "playwright"}
+    assert {"torch", "timm", "transformers", "safetensors", "numpy", "pillow", "pydicom"} <= CORE
+    assert set(PROJECT["optional-dependencies"]) == {"train", "demo", "hub", "dev"}
+    everything = CORE | extra_names("train") | extra_names("demo") | extra_names("hub")
+    assert everything <= CORE | extra_names("dev")
+
+
+def test_core_covers_every_import_of_the_model_code():
+    imports = third_party_imports(python_files("modeling"))
+    assert {"torch", "timm", "transformers", "numpy", "PIL"} <= imports  # the parse sees the model's imports
+    assert undeclared(imports - set(MODEL_OPTIONAL_IMPORTS), CORE) == set()
+    for name, extra in MODEL_OPTIONAL_IMPORTS.items():
+        assert undeclared({name}, extra_names(extra)) == set(), (name, extra)
+
+
+@pytest.mark.parametrize(
+    "files, extras",
+    [
+        (python_files("training"), ["train"]),
+        (python_files("hub_upload"), ["hub"]),
+        ([SPACE_DIR / "app.py"], ["demo"]),
+        (python_files("tests") + python_files("benchmarks"), ["dev"]),
+    ],
+    ids=["training", "hub_upload", "space", "tests+benchmarks"],
+)
+def test_each_extra_covers_the_imports_of_its_code(files, extras):
+    declared = CORE.union(*(extra_names(extra) for extra in extras))
+    assert undeclared(third_party_imports(files), declared) == set()
+
+
+def test_space_requirements_pin_everything_the_staged_space_imports():
+    lines = [line.strip() for line in (SPACE_DIR / "requirements.txt").read_text().splitlines()]
+    requirements = [line for line in lines if line and not line.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.]+", line) for line in requirements), requirements
+    staged = [SPACE_DIR / name for name in space_files(SPACE_DIR) if name.endswith(".py")]
+    staged += [ROOT / "modeling" / f"{name}.py" for name in module_closure(script_modules(SPACE_DIR / "app.py"))]
+    imports = third_party_imports(staged) - set(MODEL_OPTIONAL_IMPORTS)  # the app uses the one-pass Grad-CAM
+    assert "gradio" in imports and "pydicom" in imports
+    assert undeclared(imports, requirement_names(requirements) | GRADIO_IMAGE) == set()
+
+
+def test_readme_says_which_extra_does_what():
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(r"pip install \.\s", readme)
+    for extra in PROJECT["optional-dependencies"]:
+        assert re.search(rf'pip install "?\.\[{extra}\]', readme), extra
