@@ -71,11 +71,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
+def start_server(model_dir: Path, port: int, log_path: Path, env: dict = None) -> subprocess.Popen:
+    """`space/app.py` serving `model_dir` on `port`, once it answers; `env` adds environment variables."""
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
             [sys.executable, str(ROOT / "space" / "app.py"), "--model", str(model_dir), "--port", str(port)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )
     deadline = time.monotonic() + 300
     while True:
@@ -85,7 +86,7 @@ def start_server(model_dir: Path, port: int, log_path: Path) -> subprocess.Popen
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
-                raise RuntimeError(f"the demo did not start:\n{log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"the demo did not start:\n{log_path.read_text()[-2000:]}") from None
             time.sleep(0.5)
 
 
@@ -110,7 +111,9 @@ def main(argv=None):
         processor = CTImageProcessor()
         model.save_pretrained(tmp / "model")
         processor.save_pretrained(tmp / "model")
-        manifest = generate_phantom(tmp / "phantom", n_per_class=1, image_size=512, slices_per_patient=1, progress=False)
+        manifest = generate_phantom(
+            tmp / "phantom", n_per_class=1, image_size=512, slices_per_patient=1, progress=False
+        )
         dicom = tmp / "phantom" / next(line.split(",")[0] for line in open(manifest).read().splitlines()[1:])
 
         pixel_values = processor(str(dicom), return_tensors="pt")["pixel_values"]

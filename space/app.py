@@ -11,10 +11,14 @@ upload is deleted as soon as it has been read.
 import argparse
 import atexit
 import filecmp
+import hashlib
+import io
 import os
 import shutil
 import sys
 import tempfile
+import threading
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,7 +36,10 @@ if "GRADIO_TEMP_DIR" not in os.environ:
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 from gradio.components.label import LabelData  # noqa: E402
+from gradio.data_classes import ImageData  # noqa: E402
+from PIL import Image  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 
 from modeling.ct_dicom import read_ct_hu, read_dicom  # noqa: E402
@@ -111,13 +118,59 @@ def _is_example_copy(path: Path) -> bool:
     return example.is_file() and path.is_file() and filecmp.cmp(path, example, shallow=False)
 
 
+class UploadCounts(set):
+    """Gradio's set of uploaded paths (`Blocks.upload_file_set`) that also counts the uploads per path.
+
+    Gradio stores an upload at `<temp dir>/<sha256 of the bytes>/<file name>`, so clients sending the
+    same file share one path. A request that has read an upload releases it, and the path is deleted
+    when the last request that uploaded those bytes has read them: no request finds it gone, and none
+    is kept longer than its readers need. Uploads no request ever reads (a page closed after
+    uploading) are removed by Gradio's cache sweep (`delete_cache`), which subtracts them from this set.
+    """
+
+    def __init__(self, paths=()):
+        super().__init__(paths)
+        self.lock = threading.Lock()
+        self.pending = Counter()  # resolved path -> uploads of it that no request has read yet
+
+    def update(self, *groups):
+        """Called by Gradio's upload route with the paths it has just written."""
+        with self.lock:
+            for group in groups:
+                group = list(group)
+                self.pending.update(str(Path(path).resolve()) for path in group)
+                super().update(group)
+
+    def __isub__(self, swept):
+        with self.lock:
+            for path in swept:
+                self.pending.pop(str(Path(path).resolve()), None)
+            return super().__isub__(swept)
+
+    def release(self, path: Path) -> None:
+        """One request has read the upload at `path` (resolved): delete it unless another upload awaits it.
+
+        A path this set never saw (a file handed to `predict` directly) has one reader and is deleted.
+        """
+        with self.lock:
+            key = str(path)
+            if self.pending[key] > 1:
+                self.pending[key] -= 1
+                return
+            self.pending.pop(key, None)
+            path.unlink(missing_ok=True)
+
+
+UPLOADS = UploadCounts()
+
+
 def _delete_upload(path) -> None:
-    """Delete `path` if Gradio stored it (an upload); never touch files the caller owns."""
+    """Release `path` if Gradio stored it (an upload, see `UploadCounts`); never touch files the caller owns."""
     if path is None:
         return
     path = Path(path).resolve()
     if _upload_folder() in path.parents and not _is_example_copy(path):
-        path.unlink(missing_ok=True)
+        UPLOADS.release(path)
 
 
 class Predictor:
@@ -130,6 +183,9 @@ class Predictor:
         ).eval()
         self.processor = AutoImageProcessor.from_pretrained(self.source, revision=revision, trust_remote_code=True)
         self.threshold = float(self.model.config.decision_threshold)
+        # Grad-CAM hooks the shared model for the length of a forward, so two requests must not
+        # overlap there; reading and decoding uploads still run side by side.
+        self.model_lock = threading.Lock()
 
     def describe(self) -> str:
         config = self.model.config
@@ -163,14 +219,17 @@ class Predictor:
             raise gr.Error(f"display window width must be positive, got {window_width:g}")
         path = getattr(dicom_file, "name", dicom_file)
         if not os.path.exists(path):  # deleted after an earlier request; the name itself may identify
-            raise gr.Error("The uploaded file is no longer on the server (uploads are deleted after reading); upload it again.")
+            raise gr.Error(
+                "The uploaded file is no longer on the server (uploads are deleted after reading); upload it again."
+            )
         try:
             pixel_values, background, metadata = self._read(path, window_center, window_width)
         except ValueError as error:
             raise gr.Error(str(error), print_exception=False) from None
         finally:
             _delete_upload(path)
-        maps = explain(self.model, pixel_values)
+        with self.model_lock:
+            maps = explain(self.model, pixel_values)
         probability = float(maps["probability"][0])
         decision = METASTATIC if probability >= self.threshold else NON_METASTATIC
         label = {
@@ -202,6 +261,31 @@ class DecisionLabel(gr.Label):
         return super().postprocess(value)
 
 
+class OverlayImage(gr.Image):
+    """A `gr.Image` that writes its PNG atomically.
+
+    Gradio names an output file after a hash of its bytes and rewrites it in place, so two requests
+    that produce the same overlay (the same slice uploaded twice) would truncate the file while the
+    first one's client is downloading it. Here the PNG is written beside its final name and moved
+    onto it, so every reader sees a whole file.
+    """
+
+    is_template = True  # drawn by the frontend's Image component
+
+    def postprocess(self, value):
+        if not isinstance(value, np.ndarray):
+            return super().postprocess(value)
+        buffer = io.BytesIO()
+        Image.fromarray(value).save(buffer, format="PNG")
+        data = buffer.getvalue()
+        folder = Path(self.GRADIO_CACHE) / hashlib.sha256(data).hexdigest()
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".part", delete=False) as part:
+            part.write(data)
+        os.replace(part.name, folder / "overlay.png")
+        return ImageData(path=str(folder / "overlay.png"), orig_name="overlay.png")
+
+
 def no_model(dicom_file, window_center=None, window_width=None):
     _delete_upload(dicom_file)
     raise gr.Error("No model is configured: start the app with --model PATH or set MODEL_ID.")
@@ -225,7 +309,9 @@ def build_demo(predictor: Predictor = None) -> gr.Blocks:
                 )
                 examples = sorted(EXAMPLES_DIR.glob("*.dcm"))
                 if examples:
-                    gr.Examples([[str(path)] for path in examples], inputs=[dicom_file], label="Synthetic phantom slices")
+                    gr.Examples(
+                        [[str(path)] for path in examples], inputs=[dicom_file], label="Synthetic phantom slices"
+                    )
                 with gr.Row():
                     # start at the model's own window; changing them redraws the background only
                     window_center = gr.Number(processor_window[0], label="Display window centre (HU)")
@@ -238,8 +324,10 @@ def build_demo(predictor: Predictor = None) -> gr.Blocks:
                 metadata = gr.JSON(label="Technical metadata (allow-listed tags only)")
             with gr.Column(scale=2):
                 with gr.Row():
-                    attention = gr.Image(label="Spatial attention", format="png", elem_id="attention-overlay")
-                    gradcam = gr.Image(label="Grad-CAM (last backbone stage)", format="png", elem_id="gradcam-overlay")
+                    attention = OverlayImage(label="Spatial attention", format="png", elem_id="attention-overlay")
+                    gradcam = OverlayImage(
+                        label="Grad-CAM (last backbone stage)", format="png", elem_id="gradcam-overlay"
+                    )
         run.click(
             predictor.predict if predictor else no_model,
             inputs=[dicom_file, window_center, window_width],
@@ -247,8 +335,16 @@ def build_demo(predictor: Predictor = None) -> gr.Blocks:
             api_name="predict",
             concurrency_limit=CONCURRENCY_LIMIT,
         ).then(lambda: None, outputs=dicom_file, api_name=False)  # the upload is gone; clear its box
+    _count_uploads(blocks)
     blocks.queue(max_size=QUEUE_SIZE)
     return blocks
+
+
+def _count_uploads(blocks: gr.Blocks) -> None:
+    """Let Gradio record this page's uploads in `UPLOADS`, which its cache sweep also reads."""
+    UPLOADS.update(blocks.upload_file_set)
+    blocks.temp_file_sets = [UPLOADS if paths is blocks.upload_file_set else paths for paths in blocks.temp_file_sets]
+    blocks.upload_file_set = UPLOADS
 
 
 def parse_args(argv=None) -> argparse.Namespace:

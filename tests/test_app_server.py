@@ -83,3 +83,22 @@ def test_oversized_upload_is_refused(client, demo_server, tmp_path):
     with pytest.raises(Exception, match="(?i)size|large"):
         _predict(client, big)
     assert demo_server.process.poll() is None
+
+
+def test_identical_concurrent_uploads_are_all_answered_and_none_kept(demo_server, tmp_path):
+    """Gradio stores uploads by content hash, so eight clients sending the same file share one path."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = _identified_slice(tmp_path / "same.dcm")
+    clients = [Client(demo_server.url, verbose=False) for _ in range(8)]
+
+    def send_three_times(client):
+        return [_predict(client, path)[0]["label"] for _ in range(3)]
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        futures = [pool.submit(send_three_times, client) for client in clients]
+    errors = [future.exception() for future in futures if future.exception() is not None]
+    assert errors == []
+    assert len({label for future in futures for label in future.result()}) == 1, "same bytes, same decision"
+    assert not list(demo_server.upload_dir.rglob("same.dcm")), "every upload is deleted once its requests are done"
+    assert demo_server.process.poll() is None
