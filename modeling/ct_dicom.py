@@ -5,7 +5,7 @@ next to the file's path and go on.
 """
 
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -111,20 +111,35 @@ def _decode_pixels(ds: "pydicom.Dataset", frame: Optional[int]) -> np.ndarray:
         raise ValueError(f"pixel data is truncated or corrupt ({type(error).__name__})") from None
 
 
-def _modality_lut_source(ds: "pydicom.Dataset", frame: Optional[int]) -> "pydicom.Dataset":
-    """The dataset that holds RescaleSlope / RescaleIntercept (or a Modality LUT) for `frame`.
+def _functional_group(ds: "pydicom.Dataset", frame: Optional[int], keyword: str):
+    """Enhanced (multi-frame) CT keeps per-frame attributes in functional groups, per frame or shared:
+    the first item of sequence `keyword` for `frame`, or None."""
+    per_frame_then_shared = (("PerFrameFunctionalGroupsSequence", frame or 0), ("SharedFunctionalGroupsSequence", 0))
+    for groups_keyword, index in per_frame_then_shared:
+        groups = ds.get(groups_keyword)
+        if groups and index < len(groups) and groups[index].get(keyword):
+            return groups[index].get(keyword)[0]
+    return None
 
-    Enhanced (multi-frame) CT keeps them in the Pixel Value Transformation functional group, per frame
-    or shared, not at the top level where pydicom's `apply_modality_lut` looks.
+
+def _modality_lut_source(ds: "pydicom.Dataset", frame: Optional[int]) -> "pydicom.Dataset":
+    """The dataset that holds RescaleSlope / RescaleIntercept (or a Modality LUT) for `frame`: the top
+    level, or the Pixel Value Transformation functional group where pydicom's `apply_modality_lut` does not look.
     """
     if "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds:
         return ds
-    functional_groups = (("PerFrameFunctionalGroupsSequence", frame or 0), ("SharedFunctionalGroupsSequence", 0))
-    for groups_keyword, index in functional_groups:
-        groups = ds.get(groups_keyword)
-        if groups and index < len(groups) and groups[index].get("PixelValueTransformationSequence"):
-            return groups[index].PixelValueTransformationSequence[0]
-    return ds
+    return _functional_group(ds, frame, "PixelValueTransformationSequence") or ds
+
+
+def pixel_spacing_of(ds: "pydicom.Dataset", frame: Optional[int] = None) -> Optional[Tuple[float, float]]:
+    """`(row, column)` pixel spacing in mm from PixelSpacing (or an enhanced CT's Pixel Measures group), or None."""
+    value = ds.get("PixelSpacing")
+    if not value:
+        measures = _functional_group(ds, frame, "PixelMeasuresSequence")
+        value = measures.get("PixelSpacing") if measures is not None else None
+    if not value or len(value) != 2 or not all(float(v) > 0 for v in value):
+        return None
+    return float(value[0]), float(value[1])
 
 
 def read_ct_hu(source, frame: Optional[int] = None) -> np.ndarray:
