@@ -290,8 +290,13 @@ def _order_series(uid: str, members: list) -> DicomSeries:
     )
 
 
+def skip_warning(name: str, reason: str) -> str:
+    """The warning that says a file was set aside, and why."""
+    return f"skipped {name}: {reason}"
+
+
 def _skip_warnings(skipped: Sequence[Tuple[str, str]]) -> List[str]:
-    return [f"skipped {name}: {reason}" for name, reason in skipped]
+    return [skip_warning(name, reason) for name, reason in skipped]
 
 
 def load_dicom_series(series: DicomSeries) -> CTVolume:
@@ -513,4 +518,5 @@ __all__ = [
     "read_ct_volumes",
     "read_nifti",
     "series_key",
+    "skip_warning",
 ]
