@@ -42,7 +42,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from gradio.components.label import LabelData  # noqa: E402
 from gradio.data_classes import ImageData  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -50,8 +49,9 @@ from PIL import Image  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 
 from modeling.ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom, technical_metadata  # noqa: E402
-from modeling.ct_volume import NIFTI_SUFFIXES, read_ct_volumes  # noqa: E402
+from modeling.ct_volume import NIFTI_SUFFIXES, CTVolume, read_ct_volumes  # noqa: E402
 from modeling.explain import explain, overlay  # noqa: E402
+from modeling.predict import score_volume  # noqa: E402
 
 QUICKSTART_MODEL = HERE.parent / "quickstart_output" / "run" / "best"
 EXAMPLES_DIR = HERE / "examples"
@@ -144,12 +144,15 @@ def probability_curve(positions_mm: np.ndarray, probabilities: np.ndarray, thres
 class SeriesCache:
     """One scored series, kept in the page's session so that browsing its slices recomputes nothing else.
 
-    `pixel_values` `(slices, 3, S, S)` are the model inputs; `probabilities` and `positions_mm` `(slices,)`.
+    `volume.hu` `(slices, rows, columns)` in HU; `probabilities` `(slices,)` from `score_volume`.
     """
 
-    pixel_values: torch.Tensor
+    volume: CTVolume
     probabilities: np.ndarray
-    positions_mm: np.ndarray
+
+    @property
+    def positions_mm(self) -> np.ndarray:
+        return np.asarray(self.volume.positions_mm)
 
     @property
     def top(self) -> int:
@@ -257,8 +260,6 @@ class Predictor:
     def _read(self, path, window_center, window_width):
         """DICOM path -> (`pixel_values` `(1, 3, S, S)`, shown slice in [0, 1], metadata).
 
-        The shown slice is the native one `(rows, columns)`, or the model's input `(S, S)` when the
-        processor resamples to a fixed pixel spacing (then the native slice and the maps would not align).
         The dataset, which holds identifying tags, never leaves this function.
         """
         if os.path.getsize(path) > MAX_SLICE_MB * 2**20:
@@ -267,15 +268,23 @@ class Predictor:
             )
         ds = read_dicom(path)
         hu = read_ct_hu(ds)  # refuses what is not one CT slice; decoded once, for the model and the background
-        spacing = pixel_spacing_of(ds)
-        pixel_values = self.processor(hu, pixel_spacing=spacing, return_tensors="pt")["pixel_values"]
+        return *self._model_input(hu, pixel_spacing_of(ds), window_center, window_width), technical_metadata(ds)
+
+    def _model_input(self, hu, pixel_spacing, window_center=None, window_width=None):
+        """One slice in HU `(rows, columns)` with its `(row, column)` spacing in mm (or None) ->
+        (`pixel_values` `(1, 3, S, S)`, shown slice in [0, 1]).
+
+        The shown slice is the native one `(rows, columns)` in the display window, or the model's input
+        `(S, S)` when the processor resamples to a fixed pixel spacing (the native slice and the maps
+        would not align then).
+        """
+        pixel_values = self.processor(hu, pixel_spacing=pixel_spacing, return_tensors="pt")["pixel_values"]
         if self.processor.pixel_spacing_mm is None:
-            background = self.processor.to_unit_range(hu, window_center, window_width)
-        else:
-            background = self.processor(
-                hu, pixel_spacing=spacing, window_center=window_center, window_width=window_width, do_normalize=False
-            )["pixel_values"][0, 0].numpy()
-        return pixel_values, background, technical_metadata(ds)
+            return pixel_values, self.processor.to_unit_range(hu, window_center, window_width)
+        shown = self.processor(
+            hu, pixel_spacing=pixel_spacing, window_center=window_center, window_width=window_width, do_normalize=False
+        )["pixel_values"][0, 0]
+        return pixel_values, shown.numpy()
 
     def predict(self, dicom_file, window_center=None, window_width=None):
         """A CT DICOM path -> (label, attention overlay or None, Grad-CAM overlay, metadata).
@@ -324,22 +333,24 @@ class Predictor:
             raise gr.Error("Upload the DICOM slices of one CT series, a .zip of them, or one NIfTI volume.")
         try:
             volume = read_series(paths)
-            pixel_values = self.processor(volume, return_tensors="pt")["pixel_values"]
         except ValueError as error:
             raise gr.Error(str(error), print_exception=False) from None
         finally:
             for path in paths:
                 _delete_upload(path)
-        with self.model_lock, torch.no_grad():
-            logits = torch.cat([self.model(batch).logits[:, 0] for batch in pixel_values.split(SERIES_BATCH_SIZE)])
-        cache = SeriesCache(pixel_values, torch.sigmoid(logits.float()).numpy(), np.asarray(volume.positions_mm))
+        try:
+            with self.model_lock:
+                probabilities = score_volume(self.model, self.processor, volume, SERIES_BATCH_SIZE)
+        except ValueError as error:  # e.g. no pixel spacing where the processor resamples to one
+            raise gr.Error(str(error), print_exception=False) from None
+        cache = SeriesCache(volume, probabilities)
         top = cache.top
         skipped = [name for name, _ in volume.skipped]
         if skipped:
             gr.Warning(f"{len(skipped)} file(s) skipped (not CT slices of this series): {', '.join(skipped[:5])}"
                        + (" ..." if len(skipped) > 5 else ""))
         metadata = {
-            "slices": int(pixel_values.shape[0]),
+            "slices": len(probabilities),
             "spacing_mm": {"slice": volume.spacing_mm[0], "row": volume.spacing_mm[1], "column": volume.spacing_mm[2]},
             "z_range_mm": [float(cache.positions_mm[0]), float(cache.positions_mm[-1])],
             "most_suspicious_slice": {"index": top, "z_mm": float(cache.positions_mm[top])},
@@ -360,10 +371,8 @@ class Predictor:
         if cache is None:
             raise gr.Error("Predict a series first; its slices are kept only while this page is open.")
         index = int(np.clip(int(index), 0, len(cache.probabilities) - 1))
-        pixel_values = cache.pixel_values[index : index + 1]
-        background = pixel_values[0, 0] * self.processor.image_std[0] + self.processor.image_mean[0] \
-            if self.processor.do_normalize else pixel_values[0, 0]
-        _, attention_image, gradcam_image = self._explain(pixel_values, background.clamp(0, 1).numpy())
+        pixel_values, shown = self._model_input(cache.volume.hu[index], cache.volume.spacing_mm[1:])
+        _, attention_image, gradcam_image = self._explain(pixel_values, shown)
         note = (f"Slice {index + 1} of {len(cache.probabilities)} (z = {cache.positions_mm[index]:.1f} mm): "
                 f"P(metastatic) = {cache.probabilities[index]:.3f}"
                 + (" (the most suspicious slice)" if index == cache.top else ""))

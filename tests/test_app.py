@@ -21,6 +21,7 @@ from modeling import CTImageProcessor
 from modeling.ct_dicom import read_ct_hu
 from modeling.ct_volume import read_ct_volumes
 from modeling.explain import explain
+from modeling.predict import score_volume
 from training.dicom_writer import ct_dataset, write_ct_dicom, write_ct_nifti, write_ct_series
 
 APP_PATH = Path(__file__).resolve().parents[1] / "space" / "app.py"
@@ -335,14 +336,12 @@ def _as_uploads(app, paths, name) -> list:
 
 
 def _series_probabilities(model_dir, source) -> np.ndarray:
-    """P(metastatic) of each slice of the one volume in `source`, computed here without the app."""
+    """P(metastatic) of each slice of the one volume in `source`, as `modeling.predict --series-output` scores it."""
     from modeling import DualAttentionResNetForImageClassification
 
     (volume,) = read_ct_volumes(source)
     model = DualAttentionResNetForImageClassification.from_pretrained(model_dir).eval()
-    with torch.no_grad():
-        logits = model(CTImageProcessor.from_pretrained(model_dir)(volume)["pixel_values"]).logits[:, 0]
-    return torch.sigmoid(logits).numpy()
+    return score_volume(model, CTImageProcessor.from_pretrained(model_dir), volume, batch_size=4)
 
 
 def test_predict_series_from_files_zip_and_nifti(app, predictor, tiny_model_dir, tmp_path):
@@ -378,7 +377,7 @@ def test_predict_series_from_files_zip_and_nifti(app, predictor, tiny_model_dir,
         assert not any(Path(upload).exists() for upload in uploads), f"{kind}: uploads must be deleted"
 
 
-def test_series_slider_recomputes_only_the_slice_shown(predictor, tmp_path):
+def test_series_slider_recomputes_only_the_slice_shown(predictor, tiny_model_dir, tmp_path):
     *_, cache = predictor.predict_series(_identified_series(tmp_path / "series"))
     calls = []
     model_forward = predictor.model.forward
@@ -390,7 +389,8 @@ def test_series_slider_recomputes_only_the_slice_shown(predictor, tmp_path):
     finally:
         del predictor.model.forward
     assert calls == [1], "one forward of the one slice shown"
-    maps = explain(predictor.model, cache.pixel_values[2:3])
+    pixel_values = CTImageProcessor.from_pretrained(tiny_model_dir)(cache.volume.hu[2])["pixel_values"]
+    maps = explain(predictor.model, pixel_values)
     assert float(maps["probability"][0]) == pytest.approx(cache.probabilities[2], abs=1e-5)
     assert gradcam.shape == (64, 64, 3) and "Slice 3 of 6" in note and f"{cache.positions_mm[2]:.1f} mm" in note
     with pytest.raises(gr.Error, match="Predict a series first"):
