@@ -345,10 +345,9 @@ class Predictor:
             raise gr.Error(str(error), print_exception=False) from None
         cache = SeriesCache(volume, probabilities)
         top = cache.top
-        skipped = [name for name, _ in volume.skipped]
-        if skipped:
-            gr.Warning(f"{len(skipped)} file(s) skipped (not CT slices of this series): {', '.join(skipped[:5])}"
-                       + (" ..." if len(skipped) > 5 else ""))
+        if volume.skipped:
+            names = ", ".join(name for name, _ in volume.skipped[:5]) + (" ..." if len(volume.skipped) > 5 else "")
+            gr.Warning(f"{len(volume.skipped)} file(s) skipped (not CT slices of this series): {names}")
         metadata = {
             "slices": len(probabilities),
             "spacing_mm": {"slice": volume.spacing_mm[0], "row": volume.spacing_mm[1], "column": volume.spacing_mm[2]},
@@ -356,6 +355,7 @@ class Predictor:
             "most_suspicious_slice": {"index": top, "z_mm": float(cache.positions_mm[top])},
             "technical": volume.technical,
             "skipped_files": [f"{name}: {reason}" for name, reason in volume.skipped],
+            # the volume's other notes (gaps, orientation); its "skipped ..." notes are the list above
             "notes": [note for note in volume.warnings if not note.startswith("skipped ")],
         }
         probability = float(cache.probabilities[top])
