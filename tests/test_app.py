@@ -481,3 +481,24 @@ def test_page_shows_threshold_note_and_captions_from_the_config(app, tiny_model_
     assert "never evaluated" in shown["gradcam-caption"] and "never evaluated" in shown["series-gradcam-caption"]
     labels = [block.label for block in blocks.blocks.values() if isinstance(block, app.DecisionLabel)]
     assert labels == ["Decision at threshold 0.9963", "Series decision at threshold 0.9963"]
+
+
+def test_an_upload_shared_by_identical_requests_is_deleted_by_its_last_reader(app, tmp_path):
+    uploads = app.UploadCounts()
+    shared = tmp_path / "sha" / "slice.dcm"
+    shared.parent.mkdir()
+    shared.write_bytes(b"same bytes")
+    uploads.update([str(shared)])  # Gradio's upload route, once per request carrying these bytes
+    uploads.update([str(shared)])
+    uploads.release(shared.resolve())
+    assert shared.exists(), "the second request has not read it yet"
+    uploads.release(shared.resolve())
+    assert not shared.exists()
+    # the cache sweep forgets what it removed, so a later upload of the same bytes has one reader again
+    shared.write_bytes(b"same bytes")
+    uploads.update([str(shared)])
+    uploads -= {str(shared)}
+    shared.write_bytes(b"same bytes")
+    uploads.update([str(shared)])
+    uploads.release(shared.resolve())
+    assert not shared.exists() and str(shared) in uploads
