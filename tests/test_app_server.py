@@ -135,8 +135,10 @@ def test_predict_series_over_http_files_zip_and_nifti_agree_with_score_volume(cl
     model = DualAttentionResNetForImageClassification.from_pretrained(tiny_model_dir).eval()
     processor = CTImageProcessor.from_pretrained(tiny_model_dir)
     expected = score_volume(model, processor, read_ct_volumes(slices)[0], batch_size=2)
+    report = tmp_path / "ROE_RICHARD_report.txt"  # a file name can identify too: shown to its uploader only
+    report.write_text("a radiology report, not an image")
 
-    for kind, files in {"files": slices, "zip": [archive], "nifti": [nifti]}.items():
+    for kind, files in {"files": [*slices, report], "zip": [archive], "nifti": [nifti]}.items():
         label, curve, attention_path, gradcam_path, metadata, slider, note = client.predict(
             [handle_file(str(path)) for path in files], api_name="/predict_series"
         )
@@ -152,7 +154,10 @@ def test_predict_series_over_http_files_zip_and_nifti_agree_with_score_volume(cl
         shown = json.dumps(metadata) + json.dumps(label) + note
         for value in IDENTIFYING.values():
             assert value not in shown and value not in demo_server.log.read_text()
-    uploaded = {Path(path).name for path in [*slices, archive, nifti]}
+        if kind == "files":
+            assert [entry.split(":")[0] for entry in metadata["skipped_files"]] == [report.name]
+    assert report.name not in demo_server.log.read_text()
+    uploaded = {Path(path).name for path in [*slices, archive, nifti, report]}
     assert not [path for path in demo_server.upload_dir.rglob("*") if path.name in uploaded], "uploads must be deleted"
 
 
