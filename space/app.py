@@ -1,20 +1,29 @@
-"""Gradio demo: upload one CT DICOM slice, see P(metastatic lymph node) with attention and Grad-CAM overlays.
+"""Gradio demo: upload a CT slice or series, see P(metastatic lymph node) with attention and Grad-CAM overlays.
 
 Run from the repository (`python space/app.py --model RUN/best`) or as a Hugging Face Space, where
 `modeling/` sits beside this file. The model comes from `--model`, else env `MODEL_ID` (Hub id or
 local folder, `MODEL_REVISION` pins a Hub commit), else the quickstart's output if present.
 
+Two endpoints: `/predict` (one DICOM slice) and `/predict_series` (the DICOM slices of one series, a
+zip of them, or one NIfTI volume; the series' probability is the maximum over its slices).
+
 Patient data: only an allow-list of technical tags is ever shown, nothing is logged, and each
-upload is deleted as soon as it has been read.
+upload (and whatever a zip held) is deleted as soon as it has been read.
 """
 
 import argparse
 import atexit
 import filecmp
+import hashlib
+import io
 import os
 import shutil
 import sys
 import tempfile
+import threading
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,17 +41,28 @@ if "GRADIO_TEMP_DIR" not in os.environ:
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 from gradio.components.label import LabelData  # noqa: E402
+from gradio.data_classes import ImageData  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 
 from modeling import METASTATIC_LABEL as METASTATIC  # noqa: E402
 from modeling import NON_METASTATIC_LABEL as NON_METASTATIC  # noqa: E402
-from modeling.ct_dicom import read_ct_hu, read_dicom, technical_metadata  # noqa: E402
+from modeling.ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom, technical_metadata  # noqa: E402
+from modeling.ct_volume import NIFTI_SUFFIXES, CTVolume, read_ct_volumes  # noqa: E402
 from modeling.explain import explain, overlay  # noqa: E402
+from modeling.predict import score_volume  # noqa: E402
 
 QUICKSTART_MODEL = HERE.parent / "quickstart_output" / "run" / "best"
 EXAMPLES_DIR = HERE / "examples"
-MAX_FILE_SIZE = "20mb"
+MAX_FILE_SIZE = "300mb"  # Gradio's limit on any one upload (a series' zip or NIfTI)
+MAX_SLICE_MB = 20  # one file on `/predict`
+MAX_SERIES_MB = 300  # all files of one `/predict_series` upload together
+MAX_SLICES = 300  # slices of one series (each is kept as model input while its page is open)
+SERIES_BATCH_SIZE = 16
+SERIES_STATE_SECONDS = 1800  # a series' cached slices are dropped this long after its last use
 CONCURRENCY_LIMIT = 2  # requests computed at once; the rest wait in the queue
 QUEUE_SIZE = 16  # waiting requests beyond this are refused, so a burst cannot exhaust memory
 
@@ -57,6 +77,94 @@ NO_MODEL_HELP = """**No model is configured.** Point the demo at a trained model
 - `make demo` (trains on the phantom, then serves `quickstart_output/run/best`)."""
 
 
+def format_threshold(value: float) -> str:
+    """4 significant digits, more where 4 would round a threshold below 1 up to "1" (0.99996 -> "0.99996")."""
+    for digits in range(4, 12):
+        text = f"{value:.{digits}g}"
+        if float(text) != 1.0 or value == 1.0:
+            return text
+    return repr(value)
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.0f} %" if fraction >= 0.01 or fraction == 0 else f"{100 * fraction:.1f} %"
+
+
+def localisation_caption(localisation, map_name: str) -> str:
+    """One sentence on how often `map_name`'s peak fell on the lesion when the model was evaluated.
+
+    `localisation` is `model.config.localisation` (None when never measured):
+    `{"attention"|"gradcam": {"pointing_game", "pointing_game_ci": [lo, hi], "energy_in_mask",
+    "n_slices", "chance", "split"}}`.
+    """
+    measured = (localisation or {}).get(map_name)
+    if not measured:
+        return "This map's localisation was never evaluated: how often it points at the lesion is unknown."
+    details = []
+    if measured.get("pointing_game_ci"):
+        low, high = measured["pointing_game_ci"]
+        details.append(f"95 % CI {100 * low:.0f}-{100 * high:.0f} %")
+    if measured.get("chance") is not None:
+        details.append(f"chance {_percent(measured['chance'])}")
+    caption = (
+        f"On its evaluation ({measured.get('split', 'held-out')} split, {measured.get('n_slices', '?')} "
+        f"metastatic slices), this map's peak fell on the lesion in {_percent(measured['pointing_game'])} of them"
+    )
+    caption += f" ({'; '.join(details)})." if details else "."
+    if measured.get("energy_in_mask") is not None:
+        caption += f" {_percent(measured['energy_in_mask'])} of its mass lay inside the lesion."
+    return caption
+
+
+def decision_label(probability: float, threshold: float) -> dict:
+    """`{label, confidences}` as `gr.Label` JSON: the decision at `threshold` and both classes' probabilities."""
+    return {
+        "label": METASTATIC if probability >= threshold else NON_METASTATIC,
+        "confidences": [
+            {"label": METASTATIC, "confidence": probability},
+            {"label": NON_METASTATIC, "confidence": 1.0 - probability},
+        ],
+    }
+
+
+def probability_curve(positions_mm: np.ndarray, probabilities: np.ndarray, threshold: float, top: int) -> Figure:
+    """P(metastatic) against slice position `(slices,)`, the threshold and the most suspicious slice marked."""
+    figure = Figure(figsize=(7, 2.8), layout="constrained")
+    axes = figure.add_subplot()
+    axes.plot(positions_mm, probabilities, marker=".", color="tab:blue", label="P(metastatic) of each slice")
+    axes.axhline(threshold, color="tab:red", linestyle="--", label=f"decision threshold {format_threshold(threshold)}")
+    axes.plot(positions_mm[top], probabilities[top], "o", color="tab:red", markersize=9, label="most suspicious slice")
+    axes.set_xlabel("slice position z (mm, inferior to superior)")
+    axes.set_ylabel("P(metastatic)")
+    axes.set_ylim(-0.02, 1.02)
+    axes.legend(loc="best", fontsize="small")
+    return figure
+
+
+@dataclass
+class SeriesCache:
+    """One scored series, kept in the page's session so that browsing its slices recomputes nothing else.
+
+    `volume.hu` `(slices, rows, columns)` in HU; `probabilities` `(slices,)` from `score_volume`.
+    """
+
+    volume: CTVolume
+    probabilities: np.ndarray
+
+    @property
+    def positions_mm(self) -> np.ndarray:
+        return np.asarray(self.volume.positions_mm)
+
+    @property
+    def top(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+
+def _path_of(file) -> str:
+    """A `gr.File` value (a path string, or an object with `.name` in older Gradio) or a path -> the path."""
+    return os.fspath(file) if isinstance(file, (str, os.PathLike)) else file.name
+
+
 def _upload_folder() -> Path:
     return Path(os.environ["GRADIO_TEMP_DIR"]).resolve()
 
@@ -67,13 +175,59 @@ def _is_example_copy(path: Path) -> bool:
     return example.is_file() and path.is_file() and filecmp.cmp(path, example, shallow=False)
 
 
+class UploadCounts(set):
+    """Gradio's set of uploaded paths (`Blocks.upload_file_set`) that also counts the uploads per path.
+
+    Gradio stores an upload at `<temp dir>/<sha256 of the bytes>/<file name>`, so clients sending the
+    same file share one path. A request that has read an upload releases it, and the path is deleted
+    when the last request that uploaded those bytes has read them: no request finds it gone, and none
+    is kept longer than its readers need. Uploads no request ever reads (a page closed after
+    uploading) are removed by Gradio's cache sweep (`delete_cache`), which subtracts them from this set.
+    """
+
+    def __init__(self, paths=()):
+        super().__init__(paths)
+        self.lock = threading.Lock()
+        self.pending = Counter()  # resolved path -> uploads of it that no request has read yet
+
+    def update(self, *groups):
+        """Called by Gradio's upload route with the paths it has just written."""
+        with self.lock:
+            for group in groups:
+                group = list(group)
+                self.pending.update(str(Path(path).resolve()) for path in group)
+                super().update(group)
+
+    def __isub__(self, swept):
+        with self.lock:
+            for path in swept:
+                self.pending.pop(str(Path(path).resolve()), None)
+            return super().__isub__(swept)
+
+    def release(self, path: Path) -> None:
+        """One request has read the upload at `path` (resolved): delete it unless another upload awaits it.
+
+        A path this set never saw (a file handed to `predict` directly) has one reader and is deleted.
+        """
+        with self.lock:
+            key = str(path)
+            if self.pending[key] > 1:
+                self.pending[key] -= 1
+                return
+            self.pending.pop(key, None)
+            path.unlink(missing_ok=True)
+
+
+UPLOADS = UploadCounts()
+
+
 def _delete_upload(path) -> None:
-    """Delete `path` if Gradio stored it (an upload); never touch files the caller owns."""
+    """Release `path` if Gradio stored it (an upload, see `UploadCounts`); never touch files the caller owns."""
     if path is None:
         return
     path = Path(path).resolve()
     if _upload_folder() in path.parents and not _is_example_copy(path):
-        path.unlink(missing_ok=True)
+        UPLOADS.release(path)
 
 
 class Predictor:
@@ -86,25 +240,52 @@ class Predictor:
         ).eval()
         self.processor = AutoImageProcessor.from_pretrained(self.source, revision=revision, trust_remote_code=True)
         self.threshold = float(self.model.config.decision_threshold)
+        self.threshold_note = getattr(self.model.config, "threshold_note", None)
+        self.localisation = getattr(self.model.config, "localisation", None)
+        # Grad-CAM hooks the shared model for the length of a forward, so two requests must not
+        # overlap there; reading and decoding uploads still run side by side.
+        self.model_lock = threading.Lock()
 
     def describe(self) -> str:
         config = self.model.config
         return (
             f"Model `{self.source}`: {config.backbone}, attention `{config.attention}`, "
             f"input {self.processor.size} px, HU window {self.processor.window_center:g} / "
-            f"{self.processor.window_width:g}, decision threshold {self.threshold:.2f}."
+            f"{self.processor.window_width:g}, decision threshold {format_threshold(self.threshold)}."
+            + (f" {self.threshold_note}" if self.threshold_note else "")
         )
 
+    def caption(self, map_name: str) -> str:
+        return localisation_caption(self.localisation, map_name)
+
     def _read(self, path, window_center, window_width):
-        """DICOM path -> (`pixel_values` `(1, 3, S, S)`, shown slice `(rows, columns)` in [0, 1], metadata).
+        """DICOM path -> (`pixel_values` `(1, 3, S, S)`, shown slice in [0, 1], metadata).
 
         The dataset, which holds identifying tags, never leaves this function.
         """
+        if os.path.getsize(path) > MAX_SLICE_MB * 2**20:
+            raise ValueError(
+                f"file too large ({os.path.getsize(path) / 2**20:.0f} MB; one slice may be up to {MAX_SLICE_MB} MB)"
+            )
         ds = read_dicom(path)
         hu = read_ct_hu(ds)  # refuses what is not one CT slice; decoded once, for the model and the background
-        pixel_values = self.processor(hu, return_tensors="pt")["pixel_values"]
-        background = self.processor.to_unit_range(hu, window_center, window_width)
-        return pixel_values, background, technical_metadata(ds)
+        return *self._model_input(hu, pixel_spacing_of(ds), window_center, window_width), technical_metadata(ds)
+
+    def _model_input(self, hu, pixel_spacing, window_center=None, window_width=None):
+        """One slice in HU `(rows, columns)` with its `(row, column)` spacing in mm (or None) ->
+        (`pixel_values` `(1, 3, S, S)`, shown slice in [0, 1]).
+
+        The shown slice is the native one `(rows, columns)` in the display window, or the model's input
+        `(S, S)` when the processor resamples to a fixed pixel spacing (the native slice and the maps
+        would not align then).
+        """
+        pixel_values = self.processor(hu, pixel_spacing=pixel_spacing, return_tensors="pt")["pixel_values"]
+        if self.processor.pixel_spacing_mm is None:
+            return pixel_values, self.processor.to_unit_range(hu, window_center, window_width)
+        shown = self.processor(
+            hu, pixel_spacing=pixel_spacing, window_center=window_center, window_width=window_width, do_normalize=False
+        )["pixel_values"][0, 0]
+        return pixel_values, shown.numpy()
 
     def predict(self, dicom_file, window_center=None, window_width=None):
         """A CT DICOM path -> (label, attention overlay or None, Grad-CAM overlay, metadata).
@@ -117,30 +298,137 @@ class Predictor:
         if window_width is not None and window_width <= 0:
             _delete_upload(dicom_file)
             raise gr.Error(f"display window width must be positive, got {window_width:g}")
-        path = getattr(dicom_file, "name", dicom_file)
+        path = _path_of(dicom_file)
         if not os.path.exists(path):  # deleted after an earlier request; the name itself may identify
-            raise gr.Error("The uploaded file is no longer on the server (uploads are deleted after reading); upload it again.")
+            raise gr.Error(
+                "The uploaded file is no longer on the server (uploads are deleted after reading); upload it again."
+            )
         try:
             pixel_values, background, metadata = self._read(path, window_center, window_width)
         except ValueError as error:
             raise gr.Error(str(error), print_exception=False) from None
         finally:
             _delete_upload(path)
-        maps = explain(self.model, pixel_values)
-        probability = float(maps["probability"][0])
-        decision = METASTATIC if probability >= self.threshold else NON_METASTATIC
-        label = {
-            "label": decision,
-            "confidences": [
-                {"label": METASTATIC, "confidence": probability},
-                {"label": NON_METASTATIC, "confidence": 1.0 - probability},
-            ],
-        }
+        probability, attention_image, gradcam_image = self._explain(pixel_values, background)
+        return decision_label(probability, self.threshold), attention_image, gradcam_image, metadata
+
+    def _explain(self, pixel_values, background):
+        """One slice's `pixel_values` `(1, 3, S, S)` and shown slice in [0, 1] -> (probability, attention
+        overlay or None, Grad-CAM overlay), the overlays `uint8` RGB at the shown slice's size."""
+        with self.model_lock:
+            maps = explain(self.model, pixel_values)
         attention = maps["attention"]
-        # maps are at model resolution; overlay upsamples them onto the slice's native grid
+        # maps are at model resolution; overlay resizes them onto the shown slice's grid
         attention_image = None if attention is None else overlay(background, attention[0])
-        gradcam_image = overlay(background, maps["gradcam"][0])
-        return label, attention_image, gradcam_image, metadata
+        return float(maps["probability"][0]), attention_image, overlay(background, maps["gradcam"][0])
+
+    def predict_series(self, files):
+        """Uploaded files of one CT series -> (label, probability curve, attention overlay or None, Grad-CAM
+        overlay, metadata, slider, slice note, `SeriesCache`), the overlays those of the most suspicious slice.
+
+        `files`: the DICOM slices of one series (non-CT files among them are skipped and listed), one
+        `.zip` of them, or one NIfTI volume. The series' probability is the maximum over its slices.
+        """
+        paths = [_path_of(file) for file in files or []]
+        if not paths:
+            raise gr.Error("Upload the DICOM slices of one CT series, a .zip of them, or one NIfTI volume.")
+        try:
+            volume = read_series(paths)
+        except ValueError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        finally:
+            for path in paths:
+                _delete_upload(path)
+        try:
+            with self.model_lock:
+                probabilities = score_volume(self.model, self.processor, volume, SERIES_BATCH_SIZE)
+        except ValueError as error:  # e.g. no pixel spacing where the processor resamples to one
+            raise gr.Error(str(error), print_exception=False) from None
+        cache = SeriesCache(volume, probabilities)
+        top = cache.top
+        if volume.skipped:
+            names = ", ".join(name for name, _ in volume.skipped[:5]) + (" ..." if len(volume.skipped) > 5 else "")
+            gr.Warning(f"{len(volume.skipped)} file(s) skipped (not CT slices of this series): {names}")
+        metadata = {
+            "slices": len(probabilities),
+            "spacing_mm": {"slice": volume.spacing_mm[0], "row": volume.spacing_mm[1], "column": volume.spacing_mm[2]},
+            "z_range_mm": [float(cache.positions_mm[0]), float(cache.positions_mm[-1])],
+            "most_suspicious_slice": {"index": top, "z_mm": float(cache.positions_mm[top])},
+            "technical": volume.technical,
+            "skipped_files": [f"{name}: {reason}" for name, reason in volume.skipped],
+            # the volume's other notes (gaps, orientation); its "skipped ..." notes are the list above
+            "notes": [note for note in volume.warnings if not note.startswith("skipped ")],
+        }
+        probability = float(cache.probabilities[top])
+        curve = probability_curve(cache.positions_mm, cache.probabilities, self.threshold, top)
+        attention_image, gradcam_image, note = self.show_series_slice(top, cache)
+        slider = gr.update(minimum=0, maximum=len(cache.probabilities) - 1, value=top)
+        return (decision_label(probability, self.threshold), curve, attention_image, gradcam_image, metadata,
+                slider, note, cache)
+
+    def show_series_slice(self, index, cache: SeriesCache):
+        """Slice `index` of a scored series -> (attention overlay or None, Grad-CAM overlay, one-line note);
+        only this slice goes through the model again, for its maps."""
+        if cache is None:
+            raise gr.Error("Predict a series first; its slices are kept only while this page is open.")
+        index = int(np.clip(int(index), 0, len(cache.probabilities) - 1))
+        pixel_values, shown = self._model_input(cache.volume.hu[index], cache.volume.spacing_mm[1:])
+        _, attention_image, gradcam_image = self._explain(pixel_values, shown)
+        note = (f"Slice {index + 1} of {len(cache.probabilities)} (z = {cache.positions_mm[index]:.1f} mm): "
+                f"P(metastatic) = {cache.probabilities[index]:.3f}"
+                + (" (the most suspicious slice)" if index == cache.top else ""))
+        return attention_image, gradcam_image, note
+
+
+def read_series(paths: list):
+    """Uploaded files -> the one `CTVolume` they hold; a one-line `ValueError` for anything over the
+    demo's limits, for no CT series, and for several series (the user is asked to upload one)."""
+    missing = [path for path in paths if not os.path.exists(path)]
+    if missing:  # deleted after an earlier request; the names themselves may identify
+        raise ValueError("the uploaded files are no longer on the server (uploads are deleted after reading); "
+                         "upload them again")
+    total = sum(os.path.getsize(path) for path in paths)
+    if total > MAX_SERIES_MB * 2**20:
+        raise ValueError(f"upload too large ({total / 2**20:.0f} MB; a series may be up to {MAX_SERIES_MB} MB)")
+    volume_files = [path for path in paths if str(path).lower().endswith((".zip", *NIFTI_SUFFIXES))]
+    if volume_files and len(paths) > 1:
+        raise ValueError("upload one .zip or one NIfTI volume on its own, or the DICOM slices themselves")
+    if len(paths) > MAX_SLICES:
+        raise ValueError(f"{len(paths)} files; a series may have up to {MAX_SLICES} slices")
+    if volume_files:
+        _check_volume_file(volume_files[0])
+    volumes = read_ct_volumes(volume_files[0] if volume_files else list(paths))
+    if len(volumes) > 1:
+        found = ", ".join(f"{volume.hu.shape[0]} slices" for volume in volumes)
+        raise ValueError(f"the upload holds {len(volumes)} CT series ({found}); upload one series at a time")
+    volume = volumes[0]
+    if volume.hu.shape[0] > MAX_SLICES:
+        raise ValueError(f"the series has {volume.hu.shape[0]} slices; the demo takes up to {MAX_SLICES}")
+    return volume
+
+
+def _check_volume_file(path) -> None:
+    """Refuse a zip or NIfTI that would expand beyond the demo's limits, before anything is extracted or decoded."""
+    if str(path).lower().endswith(".zip"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = [member for member in archive.infolist() if not member.is_dir()]
+        except (zipfile.BadZipFile, OSError) as error:
+            raise ValueError(f"not a readable zip file ({type(error).__name__})") from None
+        expanded = sum(member.file_size for member in members)  # the reader stops at each member's stated size
+        if len(members) > MAX_SLICES or expanded > 4 * MAX_SERIES_MB * 2**20:
+            raise ValueError(f"the zip holds {len(members)} files, {expanded / 2**20:.0f} MB; a series may have up to "
+                             f"{MAX_SLICES} slices and {4 * MAX_SERIES_MB} MB unpacked")
+        return
+    import nibabel  # only NIfTI uploads need it; read_ct_volumes says so if it is missing
+
+    try:
+        shape = nibabel.load(path).shape  # the header only
+    except Exception as error:  # noqa: BLE001 - nibabel raises many types on damaged files
+        raise ValueError(f"unreadable NIfTI file, truncated or corrupt ({type(error).__name__})") from None
+    if int(np.prod(shape)) > MAX_SLICES * 512 * 512:
+        raise ValueError(f"the NIfTI volume is {' x '.join(map(str, shape))} voxels; the demo takes up to "
+                         f"{MAX_SLICES} slices of 512 x 512")
 
 
 class DecisionLabel(gr.Label):
@@ -158,53 +446,164 @@ class DecisionLabel(gr.Label):
         return super().postprocess(value)
 
 
+class OverlayImage(gr.Image):
+    """A `gr.Image` that writes its PNG atomically.
+
+    Gradio names an output file after a hash of its bytes and rewrites it in place, so two requests
+    that produce the same overlay (the same slice uploaded twice) would truncate the file while the
+    first one's client is downloading it. Here the PNG is written beside its final name and moved
+    onto it, so every reader sees a whole file.
+    """
+
+    is_template = True  # drawn by the frontend's Image component
+
+    def postprocess(self, value):
+        if not isinstance(value, np.ndarray):
+            return super().postprocess(value)
+        buffer = io.BytesIO()
+        Image.fromarray(value).save(buffer, format="PNG")
+        data = buffer.getvalue()
+        folder = Path(self.GRADIO_CACHE) / hashlib.sha256(data).hexdigest()
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".part", delete=False) as part:
+            part.write(data)
+        os.replace(part.name, folder / "overlay.png")
+        return ImageData(path=str(folder / "overlay.png"), orig_name="overlay.png")
+
+
+NO_MODEL_ERROR = "No model is configured: start the app with --model PATH or set MODEL_ID."
+
+
 def no_model(dicom_file, window_center=None, window_width=None):
     _delete_upload(dicom_file)
-    raise gr.Error("No model is configured: start the app with --model PATH or set MODEL_ID.")
+    raise gr.Error(NO_MODEL_ERROR)
+
+
+def no_model_series(files):
+    for file in files or []:
+        _delete_upload(file)
+    raise gr.Error(NO_MODEL_ERROR)
 
 
 def build_demo(predictor: Predictor = None) -> gr.Blocks:
-    """The page; without a predictor it explains how to configure one and `/predict` says so."""
+    """The page; without a predictor it explains how to configure one and both endpoints say so."""
     processor_window = (
         (predictor.processor.window_center, predictor.processor.window_width) if predictor else (60.0, 400.0)
     )
-    with gr.Blocks(title="PDAC lymph-node metastasis: CT slice demo", delete_cache=(300, 600)) as blocks:
-        gr.Markdown("# Lymph-node metastasis of pancreatic cancer on one CT slice")
+    threshold = f" at threshold {format_threshold(predictor.threshold)}" if predictor else ""
+
+    def caption(map_name, elem_id):
+        return gr.Markdown(predictor.caption(map_name) if predictor else "", elem_id=elem_id)
+
+    with gr.Blocks(title="PDAC lymph-node metastasis: CT demo", delete_cache=(300, 600)) as blocks:
+        gr.Markdown("# Lymph-node metastasis of pancreatic cancer on CT")
         gr.Markdown(NOTICE, elem_id="notice")
         gr.Markdown(predictor.describe() if predictor else NO_MODEL_HELP, elem_id="model-info")
-        with gr.Row():
-            with gr.Column(scale=1):
-                dicom_file = gr.File(
-                    label=f"CT DICOM slice (any extension, up to {MAX_FILE_SIZE.upper()}; deleted after reading)",
-                    file_count="single",
-                    elem_id="dicom-file",
-                )
-                examples = sorted(EXAMPLES_DIR.glob("*.dcm"))
-                if examples:
-                    gr.Examples([[str(path)] for path in examples], inputs=[dicom_file], label="Synthetic phantom slices")
-                with gr.Row():
-                    # start at the model's own window; changing them redraws the background only
-                    window_center = gr.Number(processor_window[0], label="Display window centre (HU)")
-                    window_width = gr.Number(processor_window[1], label="Display window width (HU)")
-                run = gr.Button("Predict", variant="primary")
-                label = DecisionLabel(
-                    label=f"Decision at threshold {predictor.threshold:.2f}" if predictor else "Decision",
-                    elem_id="probability",
-                )
-                metadata = gr.JSON(label="Technical metadata (allow-listed tags only)")
-            with gr.Column(scale=2):
-                with gr.Row():
-                    attention = gr.Image(label="Spatial attention", format="png", elem_id="attention-overlay")
-                    gradcam = gr.Image(label="Grad-CAM (last backbone stage)", format="png", elem_id="gradcam-overlay")
+        with gr.Tab("One slice"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    dicom_file = gr.File(
+                        label=f"CT DICOM slice (any extension, up to {MAX_SLICE_MB} MB; deleted after reading)",
+                        file_count="single",
+                        elem_id="dicom-file",
+                    )
+                    examples = sorted(EXAMPLES_DIR.glob("*.dcm"))
+                    if examples:
+                        gr.Examples(
+                            [[str(path)] for path in examples], inputs=[dicom_file], label="Synthetic phantom slices"
+                        )
+                    with gr.Row():
+                        # start at the model's own window; changing them redraws the background only
+                        window_center = gr.Number(processor_window[0], label="Display window centre (HU)")
+                        window_width = gr.Number(processor_window[1], label="Display window width (HU)")
+                    run = gr.Button("Predict", variant="primary")
+                    label = DecisionLabel(label=f"Decision{threshold}", elem_id="probability")
+                    metadata = gr.JSON(label="Technical metadata (allow-listed tags only)")
+                with gr.Column(scale=2):
+                    with gr.Row():
+                        with gr.Column():
+                            attention = OverlayImage(
+                                label="Spatial attention", format="png", elem_id="attention-overlay"
+                            )
+                            caption("attention", "attention-caption")
+                        with gr.Column():
+                            gradcam = OverlayImage(
+                                label="Grad-CAM (last backbone stage)", format="png", elem_id="gradcam-overlay"
+                            )
+                            caption("gradcam", "gradcam-caption")
+        with gr.Tab("Whole series"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    series_files = gr.File(
+                        label=(
+                            "The DICOM slices of one CT series, one .zip of them, or one NIfTI volume "
+                            f"(up to {MAX_SERIES_MB} MB and {MAX_SLICES} slices; deleted after reading)"
+                        ),
+                        file_count="multiple",
+                        elem_id="series-files",
+                    )
+                    run_series = gr.Button("Predict series", variant="primary")
+                    series_label = DecisionLabel(label=f"Series decision{threshold}", elem_id="series-probability")
+                    gr.Markdown(
+                        "The series' probability is the **maximum over its slices**: the most suspicious "
+                        "slice decides. Its maps are shown first; the slider shows any other slice's.",
+                        elem_id="series-rule",
+                    )
+                    series_metadata = gr.JSON(label="Series: technical metadata (allow-listed) and skipped files")
+                with gr.Column(scale=2):
+                    curve = gr.Plot(label="P(metastatic) per slice", elem_id="series-curve")
+                    slice_index = gr.Slider(
+                        0, 1, value=0, step=1, label="Slice (inferior to superior)", elem_id="series-slice"
+                    )
+                    slice_note = gr.Markdown(elem_id="series-slice-note")
+                    with gr.Row():
+                        with gr.Column():
+                            series_attention = OverlayImage(
+                                label="Spatial attention", format="png", elem_id="series-attention-overlay"
+                            )
+                            caption("attention", "series-attention-caption")
+                        with gr.Column():
+                            series_gradcam = OverlayImage(
+                                label="Grad-CAM (last backbone stage)", format="png", elem_id="series-gradcam-overlay"
+                            )
+                            caption("gradcam", "series-gradcam-caption")
+            series_cache = gr.State(time_to_live=SERIES_STATE_SECONDS)
         run.click(
             predictor.predict if predictor else no_model,
             inputs=[dicom_file, window_center, window_width],
             outputs=[label, attention, gradcam, metadata],
             api_name="predict",
             concurrency_limit=CONCURRENCY_LIMIT,
-        ).then(lambda: None, outputs=dicom_file, api_name=False)  # the upload is gone; clear its box
+            concurrency_id="model",
+        ).then(lambda: None, outputs=dicom_file, api_visibility="private")  # the upload is gone; clear its box
+        run_series.click(
+            predictor.predict_series if predictor else no_model_series,
+            inputs=[series_files],
+            outputs=[series_label, curve, series_attention, series_gradcam, series_metadata, slice_index, slice_note,
+                     series_cache],
+            api_name="predict_series",
+            concurrency_limit=CONCURRENCY_LIMIT,
+            concurrency_id="model",
+        ).then(lambda: None, outputs=series_files, api_visibility="private")
+        if predictor:
+            slice_index.release(
+                predictor.show_series_slice,
+                inputs=[slice_index, series_cache],
+                outputs=[series_attention, series_gradcam, slice_note],
+                api_visibility="private",
+                concurrency_limit=CONCURRENCY_LIMIT,
+                concurrency_id="model",
+            )
+    _count_uploads(blocks)
     blocks.queue(max_size=QUEUE_SIZE)
     return blocks
+
+
+def _count_uploads(blocks: gr.Blocks) -> None:
+    """Let Gradio record this page's uploads in `UPLOADS`, which its cache sweep also reads."""
+    UPLOADS.update(blocks.upload_file_set)
+    blocks.temp_file_sets = [UPLOADS if paths is blocks.upload_file_set else paths for paths in blocks.temp_file_sets]
+    blocks.upload_file_set = UPLOADS
 
 
 def parse_args(argv=None) -> argparse.Namespace:

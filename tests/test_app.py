@@ -6,6 +6,8 @@ import logging
 import os
 import shutil
 import sys
+import warnings
+import zipfile
 from pathlib import Path
 
 import gradio as gr
@@ -17,7 +19,10 @@ from pydicom.data import get_testdata_file
 
 from modeling import CTImageProcessor
 from modeling.ct_dicom import read_ct_hu
-from training.dicom_writer import ct_dataset, write_ct_dicom
+from modeling.ct_volume import read_ct_volumes
+from modeling.explain import explain
+from modeling.predict import score_volume
+from training.dicom_writer import ct_dataset, write_ct_dicom, write_ct_nifti, write_ct_series
 
 APP_PATH = Path(__file__).resolve().parents[1] / "space" / "app.py"
 CT_SMALL = get_testdata_file("CT_small.dcm")
@@ -227,3 +232,280 @@ def test_committed_examples_are_todays_phantom(tmp_path):
         committed = APP_PATH.parent / "examples" / fresh.name
         assert np.array_equal(read_ct_hu(fresh), read_ct_hu(committed)), fresh.name
         assert pydicom.dcmread(committed).PatientID.startswith("PHANTOM-")
+
+
+DELETABLE_TAGS = (
+    "Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel",
+    "PhotometricInterpretation", "Modality", "PixelData", "RescaleSlope", "RescaleIntercept", "PixelSpacing",
+)
+
+
+def _damaged_dicoms(good: Path, folder: Path, count: int, seed: int = 0) -> list:
+    """`count` seeded mutations of the DICOM `good`, cycling through truncation at a random offset,
+    byte flips in the header, byte flips in the pixel data, a spliced chunk, and a deleted tag."""
+    rng = np.random.default_rng(seed)
+    data = good.read_bytes()
+    pixel_start = len(data) - len(pydicom.dcmread(good).PixelData)  # uncompressed: pixels come last
+    paths = []
+    for index in range(count):
+        kind = index % 5
+        damaged = bytearray(data)
+        if kind == 0:
+            damaged = damaged[: int(rng.integers(1, len(data)))]
+        elif kind in (1, 2):
+            low, high = (0, pixel_start) if kind == 1 else (pixel_start, len(data))
+            for offset in rng.integers(low, high, size=int(rng.integers(1, 9))):
+                damaged[offset] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 3:
+            start, source = rng.integers(0, len(data), size=2)
+            length = int(rng.integers(4, 256))
+            damaged[start : start + length] = data[source : source + length]
+        path = folder / f"damaged_{index:03d}.dcm"
+        if kind == 4:
+            ds = pydicom.dcmread(good)
+            delattr(ds, DELETABLE_TAGS[index // 5 % len(DELETABLE_TAGS)])
+            ds.save_as(path)
+        else:
+            path.write_bytes(bytes(damaged))
+        paths.append(path)
+    return paths
+
+
+def test_damaged_dicoms_get_a_one_line_error_and_the_demo_keeps_serving(predictor, tmp_path, capsys, caplog):
+    ds = ct_dataset(_abdomen_hu(), patient_id="PHANTOM-0003")
+    for keyword, value in IDENTIFYING.items():
+        setattr(ds, keyword, value)
+    good = tmp_path / "good.dcm"
+    ds.save_as(good, enforce_file_format=True)
+    scored, refused, shown = 0, 0, []
+    with warnings.catch_warnings(record=True) as warned, caplog.at_level(logging.DEBUG):
+        warnings.simplefilter("always")
+        for path in _damaged_dicoms(good, tmp_path, count=60):
+            try:
+                label, _, gradcam, metadata = predictor.predict(str(path))
+            except gr.Error as error:  # any other exception fails the test with its traceback
+                assert error.message and "\n" not in error.message, path.name
+                shown.append(error.message)
+                refused += 1
+            else:
+                assert 0.0 <= _probability(label) <= 1.0 and gradcam.dtype == np.uint8, path.name
+                shown.append(json.dumps(metadata))
+                scored += 1
+    assert scored + refused == 60 and refused >= 12, (scored, refused)  # every truncation at least is refused
+    # a damaged tag may make pydicom warn about its value: nothing identifying may reach the server's output
+    said = " ".join(shown + [str(warning.message) for warning in warned]) + caplog.text + str(capsys.readouterr())
+    for value in IDENTIFYING.values():
+        assert value not in said and value.replace("^", " ") not in said
+    label, *_ = predictor.predict(str(good))
+    assert 0.0 <= _probability(label) <= 1.0
+
+
+# --- /predict_series ---------------------------------------------------------------------------------
+
+SERIES_SPACING = (2.5, 0.9, 0.9)
+
+
+def _series_hu(slices=6, size=64) -> np.ndarray:
+    """`(slices, size, size)` HU: the abdomen phantom with its bright 'organ' growing from slice to slice."""
+    yy, xx = np.mgrid[:size, :size]
+    volume = np.stack([_abdomen_hu(size) for _ in range(slices)])
+    for k in range(slices):
+        volume[k][(yy - 0.6 * size) ** 2 + (xx - 0.4 * size) ** 2 < (0.03 * size * (k + 1)) ** 2] = 120.0
+    return volume
+
+
+def _identified_series(folder: Path, slices=6, **kwargs) -> list:
+    """A DICOM series whose files also carry a name, an ID, a birth date, an institution... (`IDENTIFYING`)."""
+    paths = write_ct_series(folder, _series_hu(slices), SERIES_SPACING, patient_id="PHANTOM-0004", **kwargs)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        for keyword, value in IDENTIFYING.items():
+            setattr(ds, keyword, value)
+        ds.save_as(path, enforce_file_format=True)
+    return paths
+
+
+def _zip(path: Path, files) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for file in files:
+            archive.write(file, Path(file).name)
+    return path
+
+
+def _as_uploads(app, paths, name) -> list:
+    """Copies of `paths` where Gradio would store uploads (a folder each), so the app may (and must) delete them."""
+    copies = []
+    for index, path in enumerate(paths):
+        folder = app._upload_folder() / name / str(index)
+        folder.mkdir(parents=True, exist_ok=True)
+        copies.append(shutil.copy(path, folder / Path(path).name))
+    return copies
+
+
+def _series_probabilities(model_dir, source) -> np.ndarray:
+    """P(metastatic) of each slice of the one volume in `source`, as `modeling.predict --series-output` scores it."""
+    from modeling import DualAttentionResNetForImageClassification
+
+    (volume,) = read_ct_volumes(source)
+    model = DualAttentionResNetForImageClassification.from_pretrained(model_dir).eval()
+    return score_volume(model, CTImageProcessor.from_pretrained(model_dir), volume, batch_size=4)
+
+
+def test_predict_series_from_files_zip_and_nifti(app, predictor, tiny_model_dir, tmp_path):
+    slices = _identified_series(tmp_path / "series", scramble=3)
+    expected = _series_probabilities(tiny_model_dir, slices)
+    sources = {
+        "files": slices,
+        "zip": [_zip(tmp_path / "series.zip", slices)],
+        "nifti": [write_ct_nifti(tmp_path / "volume.nii.gz", _series_hu(), SERIES_SPACING)],
+    }
+    for kind, paths in sources.items():
+        uploads = _as_uploads(app, paths, f"series-{kind}")
+        label, curve, attention, gradcam, metadata, slider, note, cache = predictor.predict_series(uploads)
+
+        # the series' probability is the max over its slices, and the curve shows every slice
+        assert _probability(label) == pytest.approx(float(expected.max()), abs=1e-5), kind
+        np.testing.assert_allclose(cache.probabilities, expected, atol=1e-5)
+        line = curve.axes[0].lines[0]
+        np.testing.assert_allclose(line.get_xdata(), cache.positions_mm)
+        np.testing.assert_allclose(line.get_ydata(), expected, atol=1e-5)
+        assert np.all(np.diff(cache.positions_mm) == pytest.approx(SERIES_SPACING[0]))
+        threshold_line = curve.axes[0].lines[1]
+        assert list(threshold_line.get_ydata()) == [predictor.threshold] * 2
+        top = int(np.argmax(expected))
+        assert slider["value"] == top and slider["maximum"] == len(expected) - 1
+        assert metadata["slices"] == 6 and metadata["most_suspicious_slice"]["index"] == top
+        assert f"Slice {top + 1} of 6" in note and "most suspicious" in note
+        for image in (attention, gradcam):
+            assert image.dtype == np.uint8 and image.shape == (64, 64, 3)
+        shown = json.dumps(metadata) + json.dumps(label) + note
+        for value in IDENTIFYING.values():
+            assert value not in shown and value.replace("^", " ") not in shown
+        assert not any(Path(upload).exists() for upload in uploads), f"{kind}: uploads must be deleted"
+
+
+def test_series_slider_recomputes_only_the_slice_shown(predictor, tiny_model_dir, tmp_path):
+    *_, cache = predictor.predict_series(_identified_series(tmp_path / "series"))
+    calls = []
+    model_forward = predictor.model.forward
+    predictor.model.forward = lambda pixel_values, **kwargs: calls.append(len(pixel_values)) or model_forward(
+        pixel_values, **kwargs
+    )
+    try:
+        attention, gradcam, note = predictor.show_series_slice(2, cache)
+    finally:
+        del predictor.model.forward
+    assert calls == [1], "one forward of the one slice shown"
+    pixel_values = CTImageProcessor.from_pretrained(tiny_model_dir)(cache.volume.hu[2])["pixel_values"]
+    maps = explain(predictor.model, pixel_values)
+    assert float(maps["probability"][0]) == pytest.approx(cache.probabilities[2], abs=1e-5)
+    assert gradcam.shape == (64, 64, 3) and "Slice 3 of 6" in note and f"{cache.positions_mm[2]:.1f} mm" in note
+    with pytest.raises(gr.Error, match="Predict a series first"):
+        predictor.show_series_slice(0, None)
+
+
+def test_series_limits_each_get_a_one_line_reason(app, predictor, tmp_path, monkeypatch):
+    slices = _identified_series(tmp_path / "one")
+    other = write_ct_series(tmp_path / "other", _series_hu(4), SERIES_SPACING)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    cases = {
+        "several series": (slices + other, "holds 2 CT series (6 slices, 4 slices); upload one series at a time"),
+        "zip without CT": ([_zip(tmp_path / "text.zip", [notes])], "no CT series found"),
+        "zip among slices": ([_zip(tmp_path / "s.zip", slices)] + slices[:2], "upload one .zip or one NIfTI"),
+        "nothing": ([], "Upload the DICOM slices of one CT series"),
+    }
+    for name, (paths, reason) in cases.items():
+        with pytest.raises(gr.Error) as raised:
+            predictor.predict_series(_as_uploads(app, paths, name.replace(" ", "-")))
+        assert reason in raised.value.message and "\n" not in raised.value.message, name
+    monkeypatch.setattr(app, "MAX_SLICES", 5)
+    with pytest.raises(gr.Error, match="6 files; a series may have up to 5 slices"):
+        predictor.predict_series(slices)
+    with pytest.raises(gr.Error, match="a series may have up to 5 slices"):
+        predictor.predict_series([_zip(tmp_path / "big.zip", slices)])
+    monkeypatch.setattr(app, "MAX_SERIES_MB", 0.001)
+    with pytest.raises(gr.Error, match=r"upload too large \(0 MB; a series may be up to 0.001 MB\)"):
+        predictor.predict_series(slices)
+
+
+def test_non_ct_files_among_the_slices_are_skipped_and_listed(predictor, tmp_path):
+    slices = _identified_series(tmp_path / "series")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    mr = shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "mr.dcm")
+    label, *_, metadata, _, _, cache = predictor.predict_series(slices + [str(notes), mr])
+    assert len(cache.probabilities) == 6
+    skipped = " ".join(metadata["skipped_files"])
+    assert "notes.txt" in skipped and "mr.dcm" in skipped and "MR" in skipped
+
+
+# --- what the page says about the threshold and the maps ----------------------------------------------
+
+LOCALISATION = {
+    "attention": {"pointing_game": 0.93, "pointing_game_ci": [0.85, 0.98], "energy_in_mask": 0.41,
+                  "n_slices": 51, "chance": 0.018, "split": "test"},
+}
+
+
+def test_threshold_is_shown_with_enough_digits(app):
+    assert app.format_threshold(0.9963) == "0.9963"
+    assert app.format_threshold(0.99996) == "0.99996", "a threshold below 1 is never shown as 1"
+    assert app.format_threshold(0.5) == "0.5"
+    assert app.format_threshold(0.123456) == "0.1235"
+    assert app.format_threshold(1.0) == "1"
+
+
+def test_overlay_captions_give_the_measured_localisation(app):
+    assert app.localisation_caption(LOCALISATION, "attention") == (
+        "On its evaluation (test split, 51 metastatic slices), this map's peak fell on the lesion in 93 % of "
+        "them (95 % CI 85-98 %; chance 2 %). 41 % of its mass lay inside the lesion."
+    )
+    for absent in (app.localisation_caption(LOCALISATION, "gradcam"), app.localisation_caption(None, "attention")):
+        assert "never evaluated" in absent
+    small_chance = {"gradcam": {"pointing_game": 0.0, "n_slices": 7, "chance": 0.004, "split": "validation"}}
+    assert app.localisation_caption(small_chance, "gradcam") == (
+        "On its evaluation (validation split, 7 metastatic slices), this map's peak fell on the lesion in 0 % of "
+        "them (chance 0.4 %)."
+    )
+
+
+def test_page_shows_threshold_note_and_captions_from_the_config(app, tiny_model_dir, tmp_path):
+    from conftest import tiny_model
+
+    model = tiny_model()
+    model.config.decision_threshold = 0.99631
+    model.config.threshold_note = "Chosen on a validation split that separates perfectly (saturated)."
+    model.config.localisation = LOCALISATION
+    model.save_pretrained(tmp_path)
+    CTImageProcessor.from_pretrained(tiny_model_dir).save_pretrained(tmp_path)
+    blocks = app.build_demo(app.Predictor(tmp_path))
+    shown = {getattr(block, "elem_id", None): str(getattr(block, "value", "")) for block in blocks.blocks.values()}
+    assert "decision threshold 0.9963." in shown["model-info"] and "separates perfectly" in shown["model-info"]
+    assert shown["attention-caption"] == shown["series-attention-caption"] == app.localisation_caption(
+        LOCALISATION, "attention"
+    )
+    assert "never evaluated" in shown["gradcam-caption"] and "never evaluated" in shown["series-gradcam-caption"]
+    labels = [block.label for block in blocks.blocks.values() if isinstance(block, app.DecisionLabel)]
+    assert labels == ["Decision at threshold 0.9963", "Series decision at threshold 0.9963"]
+
+
+def test_an_upload_shared_by_identical_requests_is_deleted_by_its_last_reader(app, tmp_path):
+    uploads = app.UploadCounts()
+    shared = tmp_path / "sha" / "slice.dcm"
+    shared.parent.mkdir()
+    shared.write_bytes(b"same bytes")
+    uploads.update([str(shared)])  # Gradio's upload route, once per request carrying these bytes
+    uploads.update([str(shared)])
+    uploads.release(shared.resolve())
+    assert shared.exists(), "the second request has not read it yet"
+    uploads.release(shared.resolve())
+    assert not shared.exists()
+    # the cache sweep forgets what it removed, so a later upload of the same bytes has one reader again
+    shared.write_bytes(b"same bytes")
+    uploads.update([str(shared)])
+    uploads -= {str(shared)}
+    shared.write_bytes(b"same bytes")
+    uploads.update([str(shared)])
+    uploads.release(shared.resolve())
+    assert not shared.exists() and str(shared) in uploads

@@ -1,4 +1,5 @@
-"""A real browser on the served demo: Debian's Chromium, driven by Playwright, uploads DICOMs through the page."""
+"""A real browser on the served demo: Debian's Chromium, driven by Playwright, uploads DICOMs through the page
+(one slice, then a whole series on its own tab)."""
 
 import os
 from pathlib import Path
@@ -7,6 +8,8 @@ import pytest
 import torch
 
 from modeling import CTImageProcessor, DualAttentionResNetForImageClassification
+from modeling.ct_volume import read_ct_volumes
+from modeling.predict import score_volume
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
 
@@ -64,7 +67,9 @@ def _expected_label(model_dir, path):
     return decision, f"{round(100 * probability)}%"
 
 
-def test_upload_shows_probability_overlays_then_a_bad_file_shows_its_reason(page, demo_server, tiny_model_dir, tmp_path):
+def test_upload_shows_probability_overlays_then_a_bad_file_shows_its_reason(
+    page, demo_server, tiny_model_dir, tmp_path
+):
     decision, percentage = _expected_label(tiny_model_dir, EXAMPLE)
     page.goto(demo_server.url)
     sync_api.expect(page.get_by_text("Research use only")).to_be_visible()
@@ -102,3 +107,39 @@ def test_an_example_can_be_run_twice(page, demo_server):
         sync_api.expect(gradcam).to_be_visible()
         shown.append(gradcam.get_attribute("src"))
     sync_api.expect(page.get_by_text("no longer on the server")).to_have_count(0)
+
+
+def test_series_tab_shows_decision_curve_overlays_and_browses_slices(page, demo_server, tiny_model_dir, tmp_path):
+    from test_app_server import _series
+
+    slices, _ = _series(tmp_path / "series")
+    model = DualAttentionResNetForImageClassification.from_pretrained(tiny_model_dir).eval()
+    probabilities = score_volume(model, CTImageProcessor.from_pretrained(tiny_model_dir), read_ct_volumes(slices)[0])
+    top, other = int(probabilities.argmax()), int(probabilities.argmin())
+    decision = "metastatic" if probabilities[top] >= model.config.decision_threshold else "non-metastatic"
+
+    page.goto(demo_server.url)
+    page.get_by_role("tab", name="Whole series").click()
+    sync_api.expect(page.get_by_text("maximum over its slices")).to_be_visible()
+    page.locator("#series-files input[type=file]").set_input_files([str(path) for path in slices])
+    sync_api.expect(page.locator('#series-files a[href*="file="]')).to_have_count(len(slices))
+    page.get_by_role("button", name="Predict series").click()
+
+    sync_api.expect(page.locator("#series-probability [data-testid=label-output-value]")).to_have_text(decision)
+    sync_api.expect(page.locator("#series-probability")).to_contain_text(f"{round(100 * probabilities[top])}%")
+    sync_api.expect(page.locator("#series-curve img")).to_be_visible()
+    sync_api.expect(page.locator("#series-slice-note")).to_contain_text(f"Slice {top + 1} of 5")
+    gradcam = page.locator("#series-gradcam-overlay img")
+    sync_api.expect(gradcam).to_be_visible()
+    assert gradcam.evaluate("img => img.complete && img.naturalWidth") == 64
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "demo_series.png"), full_page=True)
+
+    # another slice: its own maps, from the series kept in the session (no new upload)
+    top_map = gradcam.get_attribute("src")
+    slice_box = page.locator("#series-slice input[type=number]")
+    slice_box.fill(str(other))
+    slice_box.press("Tab")  # leaving the box releases the slider
+    sync_api.expect(page.locator("#series-slice-note")).to_contain_text(f"Slice {other + 1} of 5")
+    sync_api.expect(gradcam).not_to_have_attribute("src", top_map)
+    assert demo_server.process.poll() is None
