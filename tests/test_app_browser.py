@@ -116,7 +116,7 @@ def test_series_tab_shows_decision_curve_overlays_and_browses_slices(page, demo_
     model = DualAttentionResNetForImageClassification.from_pretrained(tiny_model_dir).eval()
     probabilities = score_volume(model, CTImageProcessor.from_pretrained(tiny_model_dir), read_ct_volumes(slices)[0])
     top, other = int(probabilities.argmax()), int(probabilities.argmin())
-    decision = "metastatic" if probabilities[top] >= model.config.decision_threshold else "non-metastatic"
+    decision = "metastatic" if probabilities[top] >= model.config.decision_threshold else "non_metastatic"
 
     page.goto(demo_server.url)
     page.get_by_role("tab", name="Whole series").click()

@@ -148,7 +148,7 @@ def test_predict_series_over_http_files_zip_and_nifti_agree_with_score_volume(cl
         )
         confidences = {item["label"]: item["confidence"] for item in label["confidences"]}
         assert confidences["metastatic"] == pytest.approx(float(expected.max()), abs=1e-5), kind
-        assert label["label"] == ("metastatic" if confidences["metastatic"] >= 0.5 else "non-metastatic")
+        assert label["label"] == ("metastatic" if confidences["metastatic"] >= 0.5 else "non_metastatic")
         assert curve["type"] == "matplotlib" and curve["plot"].startswith("data:image/"), kind
         for path in (attention_path, gradcam_path):
             with Image.open(path) as image:
