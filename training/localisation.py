@@ -14,7 +14,6 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from modeling.explain import explain
-
 from training.metrics import patient_bootstrap_weights, percentile_interval
 
 MAP_NAMES = ("attention", "gradcam")
@@ -24,7 +23,7 @@ def pointing_game_hits(maps: torch.Tensor, masks: torch.Tensor, tolerance_px: fl
     """`maps` `(n, H, W)`, `masks` `(n, H, W)` -> `(n,)` bool: the map's maximum within `tolerance_px`
     (Euclidean) of a mask pixel. A constant map points nowhere and counts as a miss."""
     hits = np.zeros(len(maps), dtype=bool)
-    for index, (heat, mask) in enumerate(zip(maps, masks)):
+    for index, (heat, mask) in enumerate(zip(maps, masks, strict=True)):
         if heat.max() == heat.min():
             continue
         peak = torch.stack(torch.unravel_index(heat.argmax(), heat.shape)).float()
@@ -118,3 +117,25 @@ def localisation_metrics(
             "energy_in_mask": _summary(energy_in_mask(stacked, masks), weights),
         }
     return result
+
+
+def localisation_for_config(result: dict, split: str) -> dict:
+    """`localisation_metrics`' result -> the compact form stored in the model's config.json
+    (`config.localisation`): per evaluated map, `{"pointing_game", "pointing_game_ci": [lo, hi],
+    "energy_in_mask", "n_slices", "chance", "split"}`, where `chance` is the pointing game of a random
+    point. Maps that were not evaluated (no spatial branch) are absent."""
+    summary = {}
+    for name in MAP_NAMES:
+        measured = result.get(name)
+        if measured is None:
+            continue
+        pointing = measured["pointing_game"]
+        summary[name] = {
+            "pointing_game": pointing["value"],
+            "pointing_game_ci": [pointing["ci_low"], pointing["ci_high"]],
+            "energy_in_mask": measured["energy_in_mask"]["value"],
+            "n_slices": result["n"],
+            "chance": result["pointing_chance"],
+            "split": split,
+        }
+    return summary
