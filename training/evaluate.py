@@ -269,13 +269,13 @@ def write_config_atomically(config, model_dir: str) -> None:
         raise
 
 
-def split_metrics(raw, probabilities: np.ndarray, threshold: float, resamples: int, seed: int) -> dict:
+def split_metrics(raw, split: str, probabilities: np.ndarray, threshold: float, resamples: int, seed: int) -> dict:
     """Slice-level metrics at `threshold` and at 0.5, patient-level metrics and calibration for one split."""
     labels = np.asarray(raw["label"])
     patients = np.asarray(raw["patient_id"])
     patient_labels, patient_max, patient_ids = patient_scores(labels, probabilities, patients)
     return {
-        "split": None,
+        "split": split,
         "n": int(len(labels)),
         "n_patients": int(len(patient_ids)),
         "threshold": threshold,
@@ -341,8 +341,7 @@ def evaluate(
     if split != "validation":
         probabilities = predict_probabilities(model, splits[split], batch_size, split)
     raw = dataset_dict[split]
-    metrics = split_metrics(raw, probabilities, chosen["threshold"], resamples, seed)
-    metrics["split"] = split
+    metrics = split_metrics(raw, split, probabilities, chosen["threshold"], resamples, seed)
     metrics["operating_point"] = {
         **chosen, "target_sensitivity": target_sensitivity, "chosen_on": "validation",
         "previous_threshold": float(model.config.decision_threshold), "written_to_config": write_threshold,
