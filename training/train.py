@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from modeling import DualAttentionResNetConfig, DualAttentionResNetForImageClassification
-from training.data import load_prepared, processor_from_info, torch_splits
+from training.data import BatchAugmentation, load_prepared, processor_from_info, torch_splits
 
 # The paper's protocol; training/configs/paper.yaml spells the same values out.
 DEFAULTS = {
@@ -254,7 +254,8 @@ def build_loaders(config: dict, device: torch.device):
     missing = {"train", "validation"} - set(dataset_dict)
     if missing:
         raise ConfigError(f"{config['data']} has no {sorted(missing)} split(s); run training.prepare first")
-    splits = torch_splits(dataset_dict, info, augment=config["augment"], image_size=config["image_size"])
+    # augmentation happens in the loop, on whole batches on the device (BatchAugmentation)
+    splits = torch_splits(dataset_dict, info, augment=False, image_size=config["image_size"])
     num_workers = config["num_workers"]
     if num_workers is None:
         num_workers = default_num_workers(device)
@@ -280,8 +281,9 @@ def build_optimizer(model, config: dict):
     return optimizer, scheduler
 
 
-def train_one_epoch(model, loader, optimizer, accelerator, bar_description: str) -> float:
-    """One pass over the training split; returns the mean training loss over all processes' samples."""
+def train_one_epoch(model, loader, optimizer, accelerator, augmentation, bar_description: str) -> float:
+    """One pass over the training split, each batch through `augmentation` (a `BatchAugmentation`, or
+    None); returns the mean training loss over all processes' samples."""
     model.train()
     channels_last = accelerator.device.type == "cuda"
     loss_sum = torch.zeros((), device=accelerator.device)
@@ -289,6 +291,8 @@ def train_one_epoch(model, loader, optimizer, accelerator, bar_description: str)
     bar = tqdm(loader, desc=bar_description, disable=not accelerator.is_local_main_process, leave=False)
     for step, batch in enumerate(bar):
         pixel_values = batch["pixel_values"]
+        if augmentation is not None:
+            pixel_values = augmentation(pixel_values)
         if channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         with accelerator.accumulate(model):
@@ -378,6 +382,9 @@ def train(config) -> str:
     accelerator.print(frozen_note)
     set_seed(config["seed"])
     train_loader, val_loader, processor = build_loaders(config, accelerator.device)
+    augmentation = None
+    if config["augment"]:
+        augmentation = BatchAugmentation(processor.image_mean, processor.image_std).to(accelerator.device)
     model = build_model(config)
     if accelerator.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -395,7 +402,8 @@ def train(config) -> str:
             break
         started = time.perf_counter()
         train_loader.set_epoch(epoch)
-        train_loss = train_one_epoch(model, train_loader, optimizer, accelerator, f"epoch {epoch}/{config['epochs']}")
+        description = f"epoch {epoch}/{config['epochs']}"
+        train_loss = train_one_epoch(model, train_loader, optimizer, accelerator, augmentation, description)
         sync_buffers(model, accelerator)
         entry = {"epoch": epoch, "train_loss": train_loss, **validate(model, val_loader, accelerator)}
         scheduler.step(entry["val_loss"])
