@@ -78,7 +78,7 @@ class BatchAugmentation(torch.nn.Module):
 
 
 def make_transform(info: dict, augment: bool, image_size: Optional[int] = None):
-    """A batched `with_transform` function: `{"image", "label"}` -> `{"pixel_values", "labels"}`,
+    """A batch function: `{"image": (B, S, S) in [0, 1], "label": (B,)}` -> `{"pixel_values", "labels"}`,
     resized to `image_size` when it differs from the prepared size, normalised with the train-split
     statistics and, with `augment`, augmented (`BatchAugmentation`)."""
     augmentation = BatchAugmentation(info["image_mean"], info["image_std"]) if augment else None
@@ -86,27 +86,45 @@ def make_transform(info: dict, augment: bool, image_size: Optional[int] = None):
     normalize = v2.Normalize(mean=info["image_mean"], std=info["image_std"])
 
     def transform(batch):
-        # via numpy: the rows arrive as Python lists, which torch converts five times slower
-        units = torch.from_numpy(np.stack([np.asarray(image, dtype=np.float32) for image in batch["image"]]))
-        units = units[:, None]  # (B, 1, S, S) in [0, 1]
+        units = torch.from_numpy(np.asarray(batch["image"], dtype=np.float32))[:, None]  # (B, 1, S, S)
         if resize is not None:
             units = resize(units).clamp_(0.0, 1.0)
         pixel_values = normalize(units.expand(-1, 3, -1, -1))
         if augmentation is not None:
             pixel_values = augmentation(pixel_values)
-        return {"pixel_values": list(pixel_values), "labels": list(batch["label"])}
+        return {"pixel_values": pixel_values, "labels": torch.as_tensor(batch["label"])}
 
     return transform
 
 
+class TorchSplit(torch.utils.data.Dataset):
+    """A prepared split as torch items `{"pixel_values": (3, S, S), "labels": int tensor}`.
+
+    A `DataLoader` fetches whole batches through `__getitems__`: one Arrow read of the batch's rows as
+    numpy arrays and one tensor transform, instead of per-row Python lists (which `with_transform` gives).
+    """
+
+    def __init__(self, split: datasets.Dataset, transform):
+        self.split = split.with_format("numpy", columns=["image", "label"])
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitems__(self, indices) -> list:
+        batch = self.transform(self.split[list(indices)])
+        return [{"pixel_values": p, "labels": label} for p, label in zip(*batch.values(), strict=True)]
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])[0]
+
+
 def torch_splits(
     dataset_dict: datasets.DatasetDict, info: dict, augment: bool = True, image_size: Optional[int] = None
-) -> Dict[str, datasets.Dataset]:
-    """Every split with its transform: augmentation on `train` only (when `augment`), the train-split
+) -> Dict[str, TorchSplit]:
+    """Every split as a `TorchSplit`: augmentation on `train` only (when `augment`), the train-split
     normalisation everywhere, and a resize to `image_size` when it differs from the prepared size."""
     return {
-        name: split.with_format("numpy").with_transform(
-            make_transform(info, augment and name == "train", image_size), columns=["image", "label"]
-        )
+        name: TorchSplit(split, make_transform(info, augment and name == "train", image_size))
         for name, split in dataset_dict.items()
     }
