@@ -6,8 +6,14 @@ in a process that never imported this package.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from transformers.pipelines import PIPELINE_REGISTRY
 
-from .configuration_dual_attention_resnet import ATTENTION_MODES, METASTATIC_LABEL, DualAttentionResNetConfig
+from .configuration_dual_attention_resnet import (
+    ATTENTION_MODES,
+    METASTATIC_LABEL,
+    PIPELINE_TASK,
+    DualAttentionResNetConfig,
+)
 from .image_processing_ct import CTImageProcessor, apply_window
 from .modeling_dual_attention_resnet import (
     DualAttentionImageClassifierOutput,
@@ -15,6 +21,7 @@ from .modeling_dual_attention_resnet import (
     DualAttentionResNetModel,
     DualAttentionResNetPreTrainedModel,
 )
+from .pipeline_ct_classification import CTMetastasisClassificationPipeline
 
 AutoConfig.register(DualAttentionResNetConfig.model_type, DualAttentionResNetConfig, exist_ok=True)
 AutoModel.register(DualAttentionResNetConfig, DualAttentionResNetModel, exist_ok=True)
@@ -27,11 +34,19 @@ DualAttentionResNetConfig.register_for_auto_class()
 DualAttentionResNetModel.register_for_auto_class("AutoModel")
 DualAttentionResNetForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 CTImageProcessor.register_for_auto_class("AutoImageProcessor")
+# The config writes the same entry into every saved config.json (`custom_pipelines`); registering it
+# here lets a pipeline built in this process be saved with `save_pretrained` as transformers expects.
+PIPELINE_REGISTRY.register_pipeline(
+    PIPELINE_TASK, pipeline_class=CTMetastasisClassificationPipeline, pt_model=AutoModelForImageClassification,
+    type="image",
+)
 
 __all__ = [
     "ATTENTION_MODES",
     "METASTATIC_LABEL",
+    "PIPELINE_TASK",
     "CTImageProcessor",
+    "CTMetastasisClassificationPipeline",
     "DualAttentionImageClassifierOutput",
     "DualAttentionResNetConfig",
     "DualAttentionResNetForImageClassification",

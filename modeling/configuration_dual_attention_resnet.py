@@ -10,8 +10,13 @@ import numbers
 import timm
 from transformers import PretrainedConfig
 
+from .attention import SPATIAL_GATES, SPATIAL_PADDINGS
+
 ATTENTION_MODES = ("dual", "channel", "spatial", "none")
 METASTATIC_LABEL = "metastatic"
+# Stages as a ResNet counts them: 4 is the last stage (the paper's place for attention), 3 the one before.
+SPATIAL_ATTENTION_STAGES = ([4], [3], [3, 4])
+LOCALISATION_MAPS = ("attention", "gradcam")
 # Written into config.json so that a saved folder answers every Auto class as remote code, not only
 # the class that happened to be saved.
 AUTO_MAP = {
@@ -19,6 +24,16 @@ AUTO_MAP = {
     "AutoModel": "modeling_dual_attention_resnet.DualAttentionResNetModel",
     "AutoModelForImageClassification": "modeling_dual_attention_resnet.DualAttentionResNetForImageClassification",
     "AutoImageProcessor": "image_processing_ct.CTImageProcessor",
+}
+# transformers' custom pipeline entry: `pipeline(model=dir, trust_remote_code=True)` finds this task
+# as the folder's only one and loads the class from the file `save_pretrained` copied next to the model.
+PIPELINE_TASK = "ct-metastasis-classification"
+CUSTOM_PIPELINES = {
+    PIPELINE_TASK: {
+        "impl": "pipeline_ct_classification.CTMetastasisClassificationPipeline",
+        "pt": ["AutoModelForImageClassification"],
+        "type": "image",
+    }
 }
 
 
@@ -34,6 +49,22 @@ class DualAttentionResNetConfig(PretrainedConfig):
             Reduction ratio of the squeeze-and-excitation (channel) branch.
         spatial_kernel_size (`int`, *optional*, defaults to 7):
             Kernel size of the spatial branch's convolution (odd).
+        spatial_attention_stages (`List[int]`, *optional*, defaults to `[4]`):
+            Where the spatial branch sits, stages counted as in a ResNet: `[4]` the last stage (the
+            paper's, inside the dual module), `[3]` the stage before it (twice the resolution: 14 x 14
+            at 224 px), `[3, 4]` both. On stage 3 the map multiplies that stage's output (CBAM's
+            form), and stage 4 keeps the channel branch only when `[3]`. Also given as `3`, `"3"` or
+            `"3+4"`. The model's `spatial_attention` output is the finest map.
+        spatial_gate (`str`, *optional*, defaults to `"conv"`):
+            `"conv"` (the paper's: conv, sigmoid) or `"conv_bn"` (CBAM's and timm's: conv, BatchNorm, sigmoid).
+        spatial_padding (`str`, *optional*, defaults to `"zeros"`):
+            Padding of the spatial conv: `"zeros"` (the paper's) tells the conv where the border is, so
+            on a map no larger than the kernel it can learn a fixed position; `"replicate"` and
+            `"reflect"` do not.
+        attention_loss_weight (`float`, *optional*, defaults to 0.0):
+            Weight of the attention supervision loss (BCE between the spatial map and the lesion mask on
+            positive slices) added to the classification loss when `forward` gets a `lesion_mask`;
+            0 turns it off.
         dropout (`float`, *optional*, defaults to 0.5):
             Dropout before the linear output.
         frozen_stages (`int`, *optional*, defaults to 2):
@@ -46,6 +77,14 @@ class DualAttentionResNetConfig(PretrainedConfig):
             Input size the model was trained at (informational; the processor resizes).
         num_channels (`int`, *optional*, defaults to 3):
             Input channels of the backbone; the processor repeats the windowed slice to 3.
+        localisation (`dict`, *optional*):
+            How often each map pointed at the lesion on the model's evaluation, written by evaluation:
+            `{"attention": {...}, "gradcam": {...}}`, each `{"pointing_game": float, "pointing_game_ci":
+            [low, high], "energy_in_mask": float, "n_slices": int, "chance": float, "split": str}`.
+            A map that is absent was never evaluated; None: neither was.
+        threshold_note (`str`, *optional*):
+            Why the operating point `decision_threshold` is what it is (e.g. chosen on a validation
+            split that the model separates perfectly), for the demo and the model card.
     """
 
     model_type = "dual_attention_resnet"
@@ -61,6 +100,12 @@ class DualAttentionResNetConfig(PretrainedConfig):
         decision_threshold=0.5,
         image_size=224,
         num_channels=3,
+        spatial_attention_stages=(4,),
+        spatial_gate="conv",
+        spatial_padding="zeros",
+        attention_loss_weight=0.0,
+        localisation=None,
+        threshold_note=None,
         **kwargs,
     ):
         # Names with a source prefix ("hf-hub:...", "local-dir:...") are resolved by timm at build time.
@@ -81,6 +126,10 @@ class DualAttentionResNetConfig(PretrainedConfig):
         for name, value in (("image_size", image_size), ("num_channels", num_channels)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        stages = _stage_list(spatial_attention_stages)
+        _check_spatial_variant(attention, stages, spatial_attention_stages, spatial_gate, spatial_padding,
+                               attention_loss_weight)
+        _check_evaluation_notes(localisation, threshold_note)
 
         self.backbone = backbone
         self.attention = attention
@@ -91,9 +140,61 @@ class DualAttentionResNetConfig(PretrainedConfig):
         self.decision_threshold = float(decision_threshold)
         self.image_size = image_size
         self.num_channels = num_channels
+        self.spatial_attention_stages = stages
+        self.spatial_gate = spatial_gate
+        self.spatial_padding = spatial_padding
+        self.attention_loss_weight = float(attention_loss_weight)
+        self.localisation = localisation
+        self.threshold_note = threshold_note
         # One output: the metastasis logit. With num_labels == 1 the image-classification pipeline
         # applies a sigmoid, so its "metastatic" score is P(metastatic).
         kwargs.setdefault("id2label", {0: METASTATIC_LABEL})
         kwargs.setdefault("label2id", {METASTATIC_LABEL: 0})
         kwargs["auto_map"] = {**AUTO_MAP, **kwargs.get("auto_map", {})}
+        kwargs["custom_pipelines"] = {**CUSTOM_PIPELINES, **kwargs.get("custom_pipelines", {})}
         super().__init__(**kwargs)
+
+
+def _stage_list(stages) -> list:
+    """`4`, `"3+4"`, `(3, 4)` or `[3, 4]` -> a sorted list of ints; anything else is returned as given."""
+    if isinstance(stages, int) and not isinstance(stages, bool):
+        return [stages]
+    if isinstance(stages, str):
+        parts = stages.split("+")
+        return sorted(int(part) for part in parts) if all(part.strip().isdigit() for part in parts) else stages
+    if isinstance(stages, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) for s in stages):
+        return sorted(stages)
+    return stages
+
+
+def _check_spatial_variant(attention, stages, given_stages, spatial_gate, spatial_padding, attention_loss_weight):
+    """One-line ValueErrors for the spatial branch's variant fields (`stages` is `given_stages` normalised)."""
+    if stages not in SPATIAL_ATTENTION_STAGES:
+        raise ValueError(
+            f"`spatial_attention_stages` must be one of {SPATIAL_ATTENTION_STAGES} (or 3, '3+4'), got {given_stages!r}."
+        )
+    if spatial_gate not in SPATIAL_GATES:
+        raise ValueError(f"`spatial_gate` must be one of {SPATIAL_GATES}, got {spatial_gate!r}.")
+    if spatial_padding not in SPATIAL_PADDINGS:
+        raise ValueError(f"`spatial_padding` must be one of {SPATIAL_PADDINGS}, got {spatial_padding!r}.")
+    if not isinstance(attention_loss_weight, numbers.Real) or not attention_loss_weight >= 0.0:
+        raise ValueError(f"`attention_loss_weight` must be a non-negative number, got {attention_loss_weight!r}.")
+    if attention in ("channel", "none") and (stages != [4] or attention_loss_weight > 0):
+        raise ValueError(
+            "`spatial_attention_stages` and `attention_loss_weight` need a spatial branch "
+            f"(attention 'dual' or 'spatial'), got attention={attention!r}."
+        )
+
+
+def _check_evaluation_notes(localisation, threshold_note):
+    """One-line ValueErrors for the fields that evaluation fills in."""
+    if localisation is not None and (
+        not isinstance(localisation, dict)
+        or not set(localisation) <= set(LOCALISATION_MAPS)
+        or not all(isinstance(entry, dict) for entry in localisation.values())
+    ):
+        raise ValueError(
+            f"`localisation` must be None or a dict of {LOCALISATION_MAPS} to dicts, got {localisation!r}."
+        )
+    if threshold_note is not None and not isinstance(threshold_note, str):
+        raise ValueError(f"`threshold_note` must be None or a string, got {threshold_note!r}.")

@@ -47,6 +47,15 @@ def read_image_file(path) -> np.ndarray:
         raise ValueError(f"unreadable image file, truncated or not an image ({type(error).__name__})") from None
 
 
+def square_side(size) -> int:
+    """`size` as an int or as transformers' `{"height": S, "width": S}` -> S; one-line ValueError otherwise."""
+    if isinstance(size, dict) and set(size) == {"height", "width"} and size["height"] == size["width"]:
+        size = size["height"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"`size` must be a positive integer or {{'height': S, 'width': S}}, got {size!r}.")
+    return size
+
+
 class CTImageProcessor(BaseImageProcessor):
     r"""
     Turns CT slices into `pixel_values` for the dual-attention ResNet.
@@ -59,7 +68,8 @@ class CTImageProcessor(BaseImageProcessor):
         window_center (`float`, *optional*, defaults to 60): HU window centre.
         window_width (`float`, *optional*, defaults to 400): HU window width.
         do_resize (`bool`, *optional*, defaults to `True`): resize to `size` x `size`.
-        size (`int`, *optional*, defaults to 224): output side length.
+        size (`int` or `Dict[str, int]`, *optional*, defaults to 224): output side length; saved as
+            `{"height": size, "width": size}` (transformers' convention), read back from either form.
         do_normalize (`bool`, *optional*, defaults to `True`): `(x - image_mean) / image_std`; training
             fills both from the training split. With `False`, values are the window in [0, 1].
         image_mean, image_std (`List[float]` of length 3, *optional*): per-channel statistics.
@@ -78,12 +88,9 @@ class CTImageProcessor(BaseImageProcessor):
         image_std: Optional[List[float]] = None,
         **kwargs,
     ):
-        if isinstance(size, dict):  # tolerate transformers' {"height", "width"} convention
-            size = size.get("height", size.get("shortest_edge"))
         if float(window_width) <= 0:
             raise ValueError(f"`window_width` must be positive, got {window_width!r}.")
-        if not isinstance(size, int) or size < 1:
-            raise ValueError(f"`size` must be a positive integer, got {size!r}.")
+        size = square_side(size)
         super().__init__(**kwargs)
         self.window_center = float(window_center)
         self.window_width = float(window_width)
@@ -125,9 +132,11 @@ class CTImageProcessor(BaseImageProcessor):
         return_tensors: Optional[Union[str, "torch.TensorType"]] = "pt",
         **kwargs,
     ) -> BatchFeature:
-        """Returns a `BatchFeature` with `pixel_values` of shape `(batch_size, 3, size, size)`."""
+        """Returns a `BatchFeature` with `pixel_values` of shape `(batch_size, 3, size, size)`: a torch
+        tensor (`return_tensors="pt"`, the default), a numpy array (`"np"`), or with `None` a list of
+        `(3, size, size)` numpy arrays."""
         do_resize = self.do_resize if do_resize is None else do_resize
-        size = self.size if size is None else size
+        size = self.size if size is None else square_side(size)
         do_normalize = self.do_normalize if do_normalize is None else do_normalize
         image_mean = self.image_mean if image_mean is None else image_mean
         image_std = self.image_std if image_std is None else image_std
@@ -151,6 +160,11 @@ class CTImageProcessor(BaseImageProcessor):
             pixel_values = (pixel_values - mean) / std
         else:
             pixel_values = pixel_values.contiguous()
-        if return_tensors in ("np", "numpy"):
-            return BatchFeature({"pixel_values": pixel_values.numpy()})
-        return BatchFeature({"pixel_values": pixel_values})
+        if return_tensors is None:  # BaseImageProcessor's convention: one (3, size, size) array per image
+            return BatchFeature({"pixel_values": list(pixel_values.numpy())})
+        return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+    def to_dict(self):
+        output = super().to_dict()
+        output["size"] = {"height": self.size, "width": self.size}
+        return output

@@ -3,12 +3,15 @@ last stage, global pooling, dropout and one metastasis logit.
 
 Paper: "Lymph Node Metastasis Detection in Pancreatic Ductal Adenocarcinoma using ResNet with
 Attention Mechanism". The same classes serve the paper's baselines (ResNet-50, VGG16, ViT-B/16) with
-`attention="none"`.
+`attention="none"`. Config fields move the spatial branch to stage 3 (or add it there), change its
+gate and padding, and supervise its map with lesion masks; the defaults are the paper's model.
 """
 
+import math
 import os
+import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple, Union
 
 import timm
 import torch
@@ -17,8 +20,12 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
-from .attention import DualAttention
+from .attention import DualAttention, SpatialAttention, attention_supervision_loss
 from .configuration_dual_attention_resnet import DualAttentionResNetConfig
+
+# Imported so that `save_pretrained` copies the DICOM pipeline that config.json's `custom_pipelines`
+# names: transformers copies a model's file together with everything it imports relatively.
+from .pipeline_ct_classification import CTMetastasisClassificationPipeline  # noqa: F401
 
 
 @dataclass
@@ -29,14 +36,19 @@ class DualAttentionResNetModelOutput(ModelOutput):
             Last-stage features after attention (the backbone's own output for token models).
         pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
             Pooled features that the classifier reads.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`):
+            The backbone's stage outputs from timm's `forward_intermediates`, stem first, each
+            `(batch_size, channels_i, h_i, w_i)` (a ResNet: stem and stages 1-4); a stage with spatial
+            attention is given after it.
         channel_attention (`torch.FloatTensor` of shape `(batch_size, channels)`, *optional*):
             Squeeze-and-excitation weights; None when the channel branch is off.
         spatial_attention (`torch.FloatTensor` of shape `(batch_size, 1, h, w)`, *optional*):
-            Spatial attention map; None when the spatial branch is off.
+            Spatial attention map (the finest one when there are two); None when the spatial branch is off.
     """
 
     last_hidden_state: Optional[torch.FloatTensor] = None
     pooler_output: Optional[torch.FloatTensor] = None
+    hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
     channel_attention: Optional[torch.FloatTensor] = None
     spatial_attention: Optional[torch.FloatTensor] = None
 
@@ -45,10 +57,16 @@ class DualAttentionResNetModelOutput(ModelOutput):
 class DualAttentionImageClassifierOutput(ImageClassifierOutput):
     """`ImageClassifierOutput` plus the attention maps.
 
+    With `return_dict=False` the same fields come as a tuple, the ones that are None left out:
+    `(loss, logits, hidden_states, channel_attention, spatial_attention)`.
+
     Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): BCE with logits, when labels are given,
+            plus `attention_loss_weight` times the attention supervision loss when a lesion mask is.
         logits (`torch.FloatTensor` of shape `(batch_size, 1)`): the metastasis logit;
             `sigmoid(logits)` is P(metastatic).
-        loss (`torch.FloatTensor` of shape `()`, *optional*): BCE with logits, when labels are given.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): the backbone's stage outputs, with
+            `output_hidden_states=True`.
         channel_attention (`torch.FloatTensor` of shape `(batch_size, channels)`, *optional*).
         spatial_attention (`torch.FloatTensor` of shape `(batch_size, 1, h, w)`, *optional*).
     """
@@ -88,17 +106,87 @@ def _has_spatial_feature_map(backbone: nn.Module) -> bool:
     return len(reductions) > 1 and getattr(backbone, "output_fmt", "NCHW") == "NCHW"
 
 
+def _stage_output_module(backbone: nn.Module, index: int) -> nn.Module:
+    """The module whose output is the feature map of timm `feature_info[index]`.
+
+    A stage that is a `Sequential` of blocks is represented by its last block: under gradient
+    checkpointing timm calls the blocks one by one and never the stage module itself.
+    """
+    module = backbone.get_submodule(backbone.feature_info[index]["module"])
+    if isinstance(module, nn.Sequential) and len(module) > 0:
+        return module[-1]
+    return module
+
+
+def _last_stage_attention_mode(attention: str, spatial_stages: list) -> Optional[str]:
+    """The `DualAttention` mode on the last stage, or None: the spatial branch moves to stage 3 when asked."""
+    if attention == "none":
+        return None
+    if attention == "channel" or 4 in spatial_stages:
+        return attention
+    return "channel" if attention == "dual" else None
+
+
+def _supports_grad_checkpointing(backbone: nn.Module) -> bool:
+    """Whether timm's `set_grad_checkpointing` works for this backbone (some raise when asked)."""
+    try:
+        backbone.set_grad_checkpointing(True)
+        backbone.set_grad_checkpointing(False)
+    except (AttributeError, AssertionError, NotImplementedError):
+        return False
+    return True
+
+
 class DualAttentionResNetPreTrainedModel(PreTrainedModel):
     config_class = DualAttentionResNetConfig
     base_model_prefix = "dual_attention_resnet"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # Per instance (set in `__init__`): it depends on the timm backbone.
     supports_gradient_checkpointing = False
 
+    def init_weights(self):
+        """Nothing to do when the model is built: torch and timm initialise every layer as they create
+        it (timm's own schemes, e.g. `zero_init_last` in residual blocks), and re-sampling would only
+        change a seeded run. Loading calls `initialize_weights` itself for what a checkpoint lacks."""
+
+    @torch.no_grad()
     def _init_weights(self, module):
-        # timm and torch initialise every layer at construction, and trained weights come from
-        # safetensors; re-initialising here would overwrite timm's own schemes.
-        pass
+        """Initialise `module` as timm's ResNet and torch do, for the weights a checkpoint lacks.
+
+        transformers builds the model without initialising it when it loads a checkpoint, then calls
+        this for every module whose weights were missing (a new head, a new attention branch, any
+        backbone layer); loaded weights are left alone. Convolutions: Kaiming normal, fan-out (timm's
+        ResNet), bias as torch; linear layers: torch's default; norms: weight 1, bias 0, fresh
+        running statistics; any other layer with parameters of its own: its `reset_parameters`, else
+        a truncated normal of std 0.02 (timm's position embeddings).
+        """
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
+                bound = 1.0 / math.sqrt(fan_in)
+                nn.init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.Linear):
+            module.reset_parameters()
+        elif isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+            if getattr(module, "weight", None) is not None:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            if getattr(module, "running_mean", None) is not None:
+                nn.init.zeros_(module.running_mean)
+                nn.init.ones_(module.running_var)
+                nn.init.zeros_(module.num_batches_tracked)
+        elif any(True for _ in module.parameters(recurse=False)):
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            else:
+                for parameter in module.parameters(recurse=False):
+                    nn.init.trunc_normal_(parameter, std=0.02)
+
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs):
+        # timm checkpoints the backbone's blocks itself; the attention and head are small.
+        self.base_model.backbone.set_grad_checkpointing(enable)
 
 
 class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
@@ -113,20 +201,38 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
         )
         self.num_features = self.backbone.num_features
         self.hidden_size = getattr(self.backbone, "head_hidden_size", None) or self.num_features
-        if config.attention == "none":
-            self.attention = None
-        else:
-            if not _has_spatial_feature_map(self.backbone):
-                raise ValueError(
-                    f"`attention={config.attention!r}` needs a CNN backbone with a spatial feature map; "
-                    f"use attention='none' with {config.backbone!r}."
-                )
-            self.attention = DualAttention(
-                self.num_features, config.attention, config.se_reduction, config.spatial_kernel_size
+        self.supports_gradient_checkpointing = _supports_grad_checkpointing(self.backbone)
+        spatial_stages = config.spatial_attention_stages if config.attention in ("dual", "spatial") else []
+        last_stage_mode = _last_stage_attention_mode(config.attention, spatial_stages)
+        if (last_stage_mode is not None or spatial_stages) and not _has_spatial_feature_map(self.backbone):
+            raise ValueError(
+                f"`attention={config.attention!r}` needs a CNN backbone with a spatial feature map; "
+                f"use attention='none' with {config.backbone!r}."
             )
+        self.attention = None
+        if last_stage_mode is not None:
+            self.attention = DualAttention(
+                self.num_features, last_stage_mode, config.se_reduction, config.spatial_kernel_size,
+                config.spatial_gate, config.spatial_padding,
+            )
+        self.stage3_attention = None
+        if 3 in spatial_stages:
+            self.stage3_attention = SpatialAttention(
+                config.spatial_kernel_size, config.spatial_gate, config.spatial_padding
+            )
+            # The hook hands each forward's map to `forward` by thread: a served model answers
+            # concurrent requests from several threads.
+            self._stage3_maps = {}
+            _stage_output_module(self.backbone, -2).register_forward_hook(self._attend_stage3)
         self.frozen_parameter_names = _frozen_parameter_names(self.backbone, config.frozen_stages)
         self._freeze_parameters()
         self.post_init()
+
+    def _attend_stage3(self, module, args, output: torch.Tensor) -> torch.Tensor:
+        """Forward hook on stage 3: `output * spatial weights`, the weights kept for `forward`."""
+        weights = self.stage3_attention(output)
+        self._stage3_maps[threading.get_ident()] = weights
+        return output * weights
 
     def _freeze_parameters(self):
         frozen = set(self.frozen_parameter_names)
@@ -179,28 +285,55 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
         return self
 
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`(batch, 3, H, W)` -> last-stage features `(batch, channels, h, w)` (tokens for ViTs)."""
+        """`(batch, 3, H, W)` -> last-stage features `(batch, channels, h, w)` (tokens for ViTs).
+
+        Stage-3 spatial attention, when configured, is applied inside (a hook on that stage).
+        """
         return self.backbone.forward_features(pixel_values)
 
-    def forward_attention_and_pool(self, features: torch.Tensor) -> DualAttentionResNetModelOutput:
-        """Attention on the last-stage features, then the backbone's own pooling."""
-        channel_attention = spatial_attention = None
-        if self.attention is not None:
-            features, channel_attention, spatial_attention = self.attention(features)
-        pooled = self.backbone.forward_head(features, pre_logits=True)
-        return DualAttentionResNetModelOutput(
-            last_hidden_state=features,
-            pooler_output=pooled,
-            channel_attention=channel_attention,
-            spatial_attention=spatial_attention,
-        )
+    def forward_intermediates(self, pixel_values: torch.Tensor) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        """`forward_features` plus every stage's output, through timm's `forward_intermediates`."""
+        if not hasattr(self.backbone, "forward_intermediates"):
+            raise ValueError(
+                f"`output_hidden_states=True` needs a timm backbone with `forward_intermediates`; "
+                f"{self.config.backbone!r} has none."
+            )
+        features, intermediates = self.backbone.forward_intermediates(pixel_values)
+        return features, tuple(intermediates)
 
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> DualAttentionResNetModelOutput:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> Union[DualAttentionResNetModelOutput, tuple]:
         """
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`).
+            output_hidden_states (`bool`, *optional*): also return the backbone's stage outputs.
+            return_dict (`bool`, *optional*): False returns a tuple of the output's fields that are not None.
         """
-        return self.forward_attention_and_pool(self.forward_features(pixel_values))
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        hidden_states = None
+        if output_hidden_states:
+            features, hidden_states = self.forward_intermediates(pixel_values)
+        else:
+            features = self.forward_features(pixel_values)
+        stage3_map = self._stage3_maps.pop(threading.get_ident()) if self.stage3_attention is not None else None
+        channel_attention = spatial_attention = None
+        if self.attention is not None:
+            features, channel_attention, spatial_attention = self.attention(features)
+        output = DualAttentionResNetModelOutput(
+            last_hidden_state=features,
+            pooler_output=self.backbone.forward_head(features, pre_logits=True),
+            hidden_states=hidden_states,
+            channel_attention=channel_attention,
+            spatial_attention=stage3_map if stage3_map is not None else spatial_attention,
+        )
+        return output if return_dict else output.to_tuple()
 
 
 class DualAttentionResNetForImageClassification(DualAttentionResNetPreTrainedModel):
@@ -211,33 +344,46 @@ class DualAttentionResNetForImageClassification(DualAttentionResNetPreTrainedMod
         self.dual_attention_resnet = DualAttentionResNetModel(config)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(self.dual_attention_resnet.hidden_size, 1)
+        self.supports_gradient_checkpointing = self.dual_attention_resnet.supports_gradient_checkpointing
         self.post_init()
 
-    def classify(self, features: torch.Tensor, labels: Optional[torch.Tensor] = None):
-        """Last-stage features `(batch, channels, h, w)` -> `DualAttentionImageClassifierOutput`.
-
-        Split from `forward` so explanations can take gradients with respect to the features.
-        """
-        outputs = self.dual_attention_resnet.forward_attention_and_pool(features)
-        logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = None
-        if labels is not None:
-            targets = labels.to(logits.dtype).view(-1, 1)
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, targets)
-        return DualAttentionImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            channel_attention=outputs.channel_attention,
-            spatial_attention=outputs.spatial_attention,
-        )
-
     def forward(
-        self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **kwargs
-    ) -> DualAttentionImageClassifierOutput:
+        self,
+        pixel_values: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        lesion_mask: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> Union[DualAttentionImageClassifierOutput, tuple]:
         """
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`).
             labels (`torch.LongTensor` or `torch.FloatTensor` of shape `(batch_size,)`, *optional*):
                 1 for metastatic, 0 for non-metastatic.
+            lesion_mask (`torch.Tensor` of shape `(batch_size, height, width)`, *optional*): 1 on the
+                lesion, at the input's resolution (all zero where a slice has none). With labels and
+                `config.attention_loss_weight > 0`, the loss adds that weight times the BCE between the
+                spatial map and the mask on the map's grid, over metastatic slices that have a lesion.
+            output_hidden_states (`bool`, *optional*): also return the backbone's stage outputs.
+            return_dict (`bool`, *optional*): False returns a tuple, loss first when labels are given,
+                then logits, then the fields that are not None (see `DualAttentionImageClassifierOutput`).
         """
-        return self.classify(self.dual_attention_resnet.forward_features(pixel_values), labels)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.dual_attention_resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = None
+        if labels is not None:
+            targets = labels.to(logits.dtype).view(-1, 1)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, targets)
+            if lesion_mask is not None and self.config.attention_loss_weight > 0:
+                supervision = attention_supervision_loss(outputs.spatial_attention, lesion_mask, labels)
+                loss = loss + self.config.attention_loss_weight * supervision
+        output = DualAttentionImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            channel_attention=outputs.channel_attention,
+            spatial_attention=outputs.spatial_attention,
+        )
+        return output if return_dict else output.to_tuple()

@@ -20,13 +20,14 @@ CODE_FILES = {
     "attention.py",
     "image_processing_ct.py",
     "ct_dicom.py",
+    "pipeline_ct_classification.py",
 }
 
 # Runs in a fresh interpreter from an empty folder. `sys.modules[name] = None` makes any import of the
 # repo's packages fail, so everything below must come from the files save_pretrained copied.
 USER_SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     sys.modules["modeling"] = None
     sys.modules["training"] = None
     import torch
@@ -48,7 +49,10 @@ USER_SCRIPT = textwrap.dedent(
             "png_logits": model(png_pixels).logits,
         }
     torch.save(results, out_path)
+    # A model loaded as remote code saves the same code again (what a re-upload publishes).
+    model.save_pretrained(out_path + ".resaved")
     print(json.dumps({
+        "resaved_files": sorted(os.listdir(out_path + ".resaved")),
         "pipeline": classifier(png_path),
         "modules": [type(obj).__module__ for obj in (model, base, processor)],
         "repo_imported": [name for name in ("modeling", "training") if sys.modules.get(name) is not None],
@@ -85,16 +89,43 @@ def test_saved_folder_holds_code_auto_map_and_window(tiny_model_dir):
     files = set(os.listdir(tiny_model_dir))
     assert CODE_FILES | {"config.json", "model.safetensors", "preprocessor_config.json"} <= files
     config = json.loads((tiny_model_dir / "config.json").read_text())
-    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor"}
+    assert set(config["auto_map"]) == {
+        "AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor"
+    }
     processor_config = json.loads((tiny_model_dir / "preprocessor_config.json").read_text())
     assert (processor_config["window_center"], processor_config["window_width"]) == (60.0, 400.0)
     assert processor_config["auto_map"]["AutoImageProcessor"] == "image_processing_ct.CTImageProcessor"
+
+
+def test_saved_processor_config_follows_transformers_conventions(tiny_model_dir):
+    processor_config = json.loads((tiny_model_dir / "preprocessor_config.json").read_text())
+    assert processor_config["size"] == {"height": 64, "width": 64}
+    assert CTImageProcessor.from_pretrained(tiny_model_dir).size == 64
+    assert CTImageProcessor(size={"height": 32, "width": 32}).size == 32
+    with pytest.raises(ValueError, match=r"`size` must be .* got \{'height': 32, 'width': 48\}"):
+        CTImageProcessor(size={"height": 32, "width": 48})
+
+
+def test_processor_return_tensors_none_np_and_pt():
+    processor = CTImageProcessor(size=32)
+    hu = [np.full((40, 40), 60.0), np.full((50, 50), 260.0)]
+    as_torch = processor(hu, return_tensors="pt")["pixel_values"]
+    as_numpy = processor(hu, return_tensors="np")["pixel_values"]
+    as_list = processor(hu, return_tensors=None)["pixel_values"]
+
+    assert isinstance(as_torch, torch.Tensor) and as_torch.shape == (2, 3, 32, 32)
+    assert isinstance(as_numpy, np.ndarray) and as_numpy.dtype == np.float32
+    np.testing.assert_array_equal(as_numpy, as_torch.numpy())
+    assert isinstance(as_list, list) and [a.shape for a in as_list] == [(3, 32, 32)] * 2
+    np.testing.assert_array_equal(np.stack(as_list), as_numpy)
 
 
 def test_remote_code_never_imports_the_repo(remote_run):
     _, _, report = remote_run
     assert report["repo_imported"] == []
     assert all(module.startswith("transformers_modules.") for module in report["modules"]), report["modules"]
+    model_code = CODE_FILES - {"image_processing_ct.py", "ct_dicom.py"}  # those come with the processor
+    assert model_code | {"config.json", "model.safetensors"} <= set(report["resaved_files"])
 
 
 def test_remote_code_gives_the_repo_classes_numbers_on_a_dicom(remote_run, tiny_model_dir):

@@ -1,0 +1,123 @@
+"""The DICOM pipeline saved with the model: `pipeline(model=dir, trust_remote_code=True)` in a process
+that cannot import this repository takes a DICOM path, a pydicom dataset, an HU array and a windowed
+PNG, and its "metastatic" score is the sigmoid of the model's logit."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modeling import PIPELINE_TASK, CTImageProcessor, DualAttentionResNetForImageClassification
+from training.dicom_writer import write_ct_dicom
+
+# A fresh interpreter in an empty folder; `sys.modules[name] = None` makes importing the repo fail.
+USER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["modeling"] = None
+    sys.modules["training"] = None
+    import numpy as np
+    import pydicom
+    from transformers import pipeline
+
+    model_dir, dicom_path, png_path, hu_path = sys.argv[1:]
+    classify = pipeline(model=model_dir, trust_remote_code=True)
+    results = {
+        "dicom_path": classify(dicom_path),
+        "dataset": classify(pydicom.dcmread(dicom_path)),
+        "hu_array": classify(np.load(hu_path)),
+        "png": classify(png_path),
+        "narrow_window": classify(dicom_path, window_center=40, window_width=80),
+        "batch": classify([dicom_path, png_path]),
+    }
+    try:
+        classify(png_path + ".missing.dcm")
+    except ValueError as error:
+        results["refusal"] = str(error)
+    print(json.dumps({
+        "results": results,
+        "pipeline_module": type(classify).__module__,
+        "task": classify.task,
+        "repo_imported": [name for name in ("modeling", "training") if sys.modules.get(name) is not None],
+    }))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tiny_model_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("pipeline_user")
+    rng = np.random.default_rng(1)
+    hu = rng.uniform(-300, 400, size=(96, 96)).round()
+    dicom_path = write_ct_dicom(work / "slice.dcm", hu)
+    png_path = work / "slice.png"
+    Image.fromarray(rng.integers(0, 256, size=(80, 80), dtype=np.uint8)).save(png_path)
+    hu_path = work / "slice_hu.npy"
+    np.save(hu_path, hu.astype(np.float32))
+    script = work / "user.py"
+    script.write_text(USER_SCRIPT)
+
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(work / "hf_modules"))
+    completed = subprocess.run(
+        [sys.executable, str(script), str(tiny_model_dir), dicom_path, str(png_path), str(hu_path)],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    return {"dicom": dicom_path, "png": png_path, "hu": hu}, report
+
+
+def _expected_probability(model_dir, image, **processor_kwargs):
+    model = DualAttentionResNetForImageClassification.from_pretrained(model_dir)
+    processor = CTImageProcessor.from_pretrained(model_dir)
+    with torch.no_grad():
+        logits = model(**processor(image, return_tensors="pt", **processor_kwargs)).logits
+    return torch.sigmoid(logits)[0, 0].item()
+
+
+def test_saved_model_names_its_pipeline_and_carries_the_file(tiny_model_dir):
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert config["custom_pipelines"] == {
+        PIPELINE_TASK: {
+            "impl": "pipeline_ct_classification.CTMetastasisClassificationPipeline",
+            "pt": ["AutoModelForImageClassification"],
+            "type": "image",
+        }
+    }
+    assert (tiny_model_dir / "pipeline_ct_classification.py").is_file()
+
+
+def test_pipeline_runs_as_remote_code_without_the_repo(pipeline_run):
+    _, report = pipeline_run
+    assert report["repo_imported"] == []
+    assert report["pipeline_module"].startswith("transformers_modules.")
+    assert report["task"] == PIPELINE_TASK
+
+
+def test_pipeline_score_is_the_sigmoid_for_every_kind_of_input(pipeline_run, tiny_model_dir):
+    inputs, report = pipeline_run
+    results = report["results"]
+    dicom_probability = _expected_probability(tiny_model_dir, inputs["dicom"])
+    png_probability = _expected_probability(tiny_model_dir, Image.open(inputs["png"]))
+    narrow_probability = _expected_probability(tiny_model_dir, inputs["dicom"], window_center=40, window_width=80)
+
+    for kind in ("dicom_path", "dataset", "hu_array"):
+        [prediction] = results[kind]
+        assert prediction["label"] == "metastatic"
+        assert prediction["score"] == pytest.approx(dicom_probability, abs=1e-6), kind
+    assert results["png"][0]["score"] == pytest.approx(png_probability, abs=1e-6)
+    assert results["narrow_window"][0]["score"] == pytest.approx(narrow_probability, abs=1e-6)
+    assert narrow_probability != pytest.approx(dicom_probability, abs=1e-6)  # the window reached the processor
+    assert [r[0]["score"] for r in results["batch"]] == pytest.approx([dicom_probability, png_probability], abs=1e-6)
+
+
+def test_pipeline_refuses_a_missing_file_in_one_line(pipeline_run):
+    _, report = pipeline_run
+    assert "missing.dcm" in report["results"]["refusal"] and "\n" not in report["results"]["refusal"]
