@@ -262,3 +262,39 @@ def test_bf16_on_cpu_runs_the_model_in_bfloat16_and_saves_float32_weights(signal
     assert len(history) == 1 and all(torch.isfinite(torch.tensor(history[0][k])) for k in ("train_loss", "val_loss"))
     saved = load_file(run / "best" / "model.safetensors")
     assert {tensor.dtype for tensor in saved.values()} <= {torch.float32, torch.int64}
+
+
+def test_attention_loss_weight_trains_with_the_lesion_masks(signal_dataset, tmp_path, monkeypatch):
+    masks_seen = {}
+    real_build_model = train_module.build_model
+
+    def build_model_recording_masks(config):
+        model = real_build_model(config)
+        forward = model.forward
+
+        def forward_recording(*args, **kwargs):
+            if model.training:
+                masks_seen.setdefault(config["attention_loss_weight"], []).append(kwargs.get("lesion_mask"))
+            return forward(*args, **kwargs)
+
+        model.forward = forward_recording
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build_model_recording_masks)
+    runs = {weight: Path(train({**TINY, "data": signal_dataset, "output_dir": tmp_path / str(weight), "epochs": 1,
+                                "attention_loss_weight": weight}))
+            for weight in (0.0, 0.5)}
+    assert all(mask is None for mask in masks_seen[0.0])
+    assert [tuple(mask.shape) for mask in masks_seen[0.5]] == [(8, 32, 32)] * 3
+    assert json.loads((runs[0.5] / "best" / "config.json").read_text())["attention_loss_weight"] == 0.5
+    # Same seed, same batches and augmentation draws: only the supervision term tells the two runs apart.
+    losses = {w: json.loads((run / "history.json").read_text())["epochs"][0]["train_loss"] for w, run in runs.items()}
+    assert losses[0.5] != losses[0.0]
+
+    without_masks = tmp_path / "no_masks"
+    import datasets
+
+    datasets.load_from_disk(str(signal_dataset)).remove_columns(["mask", "has_mask"]).save_to_disk(str(without_masks))
+    shutil.copy(signal_dataset / "prepare_info.json", without_masks)
+    with pytest.raises(ConfigError, match="needs lesion masks"):
+        train({**TINY, "data": without_masks, "output_dir": tmp_path / "refused", "attention_loss_weight": 0.5})

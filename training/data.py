@@ -53,8 +53,11 @@ class BatchAugmentation(torch.nn.Module):
     def _uniform(self, low: float, high: float, n: int, device) -> torch.Tensor:
         return low + (high - low) * torch.rand(n, device=device)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`(B, C, H, W)` normalised -> `(B, C, H, W)` normalised and augmented."""
+    def forward(
+        self, pixel_values: torch.Tensor, lesion_mask: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """`(B, C, H, W)` normalised -> `(B, C, H, W)` normalised and augmented; `lesion_mask` `(B, H, W)`,
+        when given, moves with its image (same flips, rotation and scale; nearest sampling)."""
         n, device = pixel_values.shape[0], pixel_values.device
         unit = pixel_values * self.std + self.mean
         angle = torch.deg2rad(self._uniform(-self.degrees, self.degrees, n, device))
@@ -69,43 +72,55 @@ class BatchAugmentation(torch.nn.Module):
         ], dim=1)
         grid = F.affine_grid(theta, list(unit.shape), align_corners=False)
         unit = F.grid_sample(unit, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if lesion_mask is not None:
+            mask = F.grid_sample(lesion_mask[:, None].float(), grid, mode="nearest", align_corners=False)
+            lesion_mask = mask[:, 0].to(lesion_mask.dtype)
         brightness = self._uniform(1 - self.jitter, 1 + self.jitter, n, device).view(-1, 1, 1, 1)
         unit = (unit * brightness).clamp_(0.0, 1.0)
         contrast = self._uniform(1 - self.jitter, 1 + self.jitter, n, device).view(-1, 1, 1, 1)
         grey_mean = unit.mean(dim=(1, 2, 3), keepdim=True)
         unit = ((unit - grey_mean) * contrast + grey_mean).clamp_(0.0, 1.0)
-        return (unit - self.mean) / self.std
+        return (unit - self.mean) / self.std, lesion_mask
 
 
-def make_transform(info: dict, augment: bool, image_size: Optional[int] = None):
-    """A batch function: `{"image": (B, S, S) in [0, 1], "label": (B,)}` -> `{"pixel_values", "labels"}`,
-    resized to `image_size` when it differs from the prepared size, normalised with the train-split
-    statistics and, with `augment`, augmented (`BatchAugmentation`)."""
+def make_transform(info: dict, augment: bool, image_size: Optional[int] = None, masks: bool = False):
+    """A batch function: `{"image": (B, S, S) in [0, 1], "label": (B,)[, "mask": (B, S, S)]}` ->
+    `{"pixel_values", "labels"[, "lesion_mask"]}`, resized to `image_size` when it differs from the
+    prepared size (masks: nearest), normalised with the train-split statistics and, with `augment`,
+    augmented (`BatchAugmentation`, masks moving with their images)."""
     augmentation = BatchAugmentation(info["image_mean"], info["image_std"]) if augment else None
-    resize = v2.Resize((image_size, image_size), antialias=True) if image_size and image_size != info["size"] else None
+    size = image_size if image_size and image_size != info["size"] else None
+    resize = v2.Resize((size, size), antialias=True) if size else None
     normalize = v2.Normalize(mean=info["image_mean"], std=info["image_std"])
 
     def transform(batch):
         units = torch.from_numpy(np.asarray(batch["image"], dtype=np.float32))[:, None]  # (B, 1, S, S)
+        lesion_mask = torch.from_numpy(np.asarray(batch["mask"], dtype=np.float32)) if masks else None
         if resize is not None:
             units = resize(units).clamp_(0.0, 1.0)
+            if lesion_mask is not None:
+                lesion_mask = F.interpolate(lesion_mask[:, None], size=(size, size), mode="nearest")[:, 0]
         pixel_values = normalize(units.expand(-1, 3, -1, -1))
         if augmentation is not None:
-            pixel_values = augmentation(pixel_values)
-        return {"pixel_values": pixel_values, "labels": torch.as_tensor(batch["label"])}
+            pixel_values, lesion_mask = augmentation(pixel_values, lesion_mask)
+        items = {"pixel_values": pixel_values, "labels": torch.as_tensor(batch["label"])}
+        if lesion_mask is not None:
+            items["lesion_mask"] = lesion_mask
+        return items
 
     return transform
 
 
 class TorchSplit(torch.utils.data.Dataset):
-    """A prepared split as torch items `{"pixel_values": (3, S, S), "labels": int tensor}`.
+    """A prepared split as torch items `{"pixel_values": (3, S, S), "labels": int tensor}` (plus
+    `"lesion_mask": (S, S)` when the transform reads masks).
 
     A `DataLoader` fetches whole batches through `__getitems__`: one Arrow read of the batch's rows as
     numpy arrays and one tensor transform, instead of per-row Python lists (which `with_transform` gives).
     """
 
-    def __init__(self, split: datasets.Dataset, transform):
-        self.split = split.with_format("numpy", columns=["image", "label"])
+    def __init__(self, split: datasets.Dataset, transform, columns=("image", "label")):
+        self.split = split.with_format("numpy", columns=list(columns))
         self.transform = transform
 
     def __len__(self) -> int:
@@ -113,18 +128,26 @@ class TorchSplit(torch.utils.data.Dataset):
 
     def __getitems__(self, indices) -> list:
         batch = self.transform(self.split[list(indices)])
-        return [{"pixel_values": p, "labels": label} for p, label in zip(*batch.values(), strict=True)]
+        names = list(batch)
+        return [dict(zip(names, values, strict=True)) for values in zip(*batch.values(), strict=True)]
 
     def __getitem__(self, index: int) -> dict:
         return self.__getitems__([index])[0]
 
 
 def torch_splits(
-    dataset_dict: datasets.DatasetDict, info: dict, augment: bool = True, image_size: Optional[int] = None
+    dataset_dict: datasets.DatasetDict,
+    info: dict,
+    augment: bool = True,
+    image_size: Optional[int] = None,
+    train_masks: bool = False,
 ) -> Dict[str, TorchSplit]:
     """Every split as a `TorchSplit`: augmentation on `train` only (when `augment`), the train-split
-    normalisation everywhere, and a resize to `image_size` when it differs from the prepared size."""
-    return {
-        name: TorchSplit(split, make_transform(info, augment and name == "train", image_size))
-        for name, split in dataset_dict.items()
-    }
+    normalisation everywhere, and a resize to `image_size` when it differs from the prepared size.
+    With `train_masks`, train items also carry their `lesion_mask` (for attention supervision)."""
+    splits = {}
+    for name, split in dataset_dict.items():
+        masks = train_masks and name == "train"
+        transform = make_transform(info, augment and name == "train", image_size, masks)
+        splits[name] = TorchSplit(split, transform, ("image", "label", "mask") if masks else ("image", "label"))
+    return splits

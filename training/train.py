@@ -44,6 +44,7 @@ DEFAULTS = {
     "attention": "dual",
     "frozen_stages": None,  # None: the paper's 2 with ImageNet weights, 0 from random init (choose_frozen_stages)
     "dropout": 0.5,
+    "attention_loss_weight": 0.0,  # > 0: supervise the spatial map with lesion masks (not in the paper)
     "pretrained_backbone": True,
     "backbone_weights": None,
     "image_size": 224,
@@ -113,6 +114,7 @@ def build_model(config: dict) -> DualAttentionResNetForImageClassification:
         dropout=config["dropout"],
         frozen_stages=config["frozen_stages"],
         image_size=config["image_size"],
+        attention_loss_weight=config["attention_loss_weight"],
     )
     model = DualAttentionResNetForImageClassification(model_config)
     if config["pretrained_backbone"]:
@@ -254,8 +256,11 @@ def build_loaders(config: dict, device: torch.device):
     missing = {"train", "validation"} - set(dataset_dict)
     if missing:
         raise ConfigError(f"{config['data']} has no {sorted(missing)} split(s); run training.prepare first")
+    supervised = config["attention_loss_weight"] > 0
+    if supervised and "mask" not in dataset_dict["train"].column_names:
+        raise ConfigError(f"attention_loss_weight > 0 needs lesion masks; {config['data']} has none")
     # augmentation happens in the loop, on whole batches on the device (BatchAugmentation)
-    splits = torch_splits(dataset_dict, info, augment=False, image_size=config["image_size"])
+    splits = torch_splits(dataset_dict, info, augment=False, image_size=config["image_size"], train_masks=supervised)
     num_workers = config["num_workers"]
     if num_workers is None:
         num_workers = default_num_workers(device)
@@ -283,20 +288,21 @@ def build_optimizer(model, config: dict):
 
 def train_one_epoch(model, loader, optimizer, accelerator, augmentation, bar_description: str) -> float:
     """One pass over the training split, each batch through `augmentation` (a `BatchAugmentation`, or
-    None); returns the mean training loss over all processes' samples."""
+    None), with its lesion masks when the loader gives them (attention supervision); returns the mean
+    training loss over all processes' samples."""
     model.train()
     channels_last = accelerator.device.type == "cuda"
     loss_sum = torch.zeros((), device=accelerator.device)
     sample_count = torch.zeros((), device=accelerator.device)
     bar = tqdm(loader, desc=bar_description, disable=not accelerator.is_local_main_process, leave=False)
     for step, batch in enumerate(bar):
-        pixel_values = batch["pixel_values"]
+        pixel_values, lesion_mask = batch["pixel_values"], batch.get("lesion_mask")
         if augmentation is not None:
-            pixel_values = augmentation(pixel_values)
+            pixel_values, lesion_mask = augmentation(pixel_values, lesion_mask)
         if channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         with accelerator.accumulate(model):
-            loss = model(pixel_values=pixel_values, labels=batch["labels"]).loss
+            loss = model(pixel_values=pixel_values, labels=batch["labels"], lesion_mask=lesion_mask).loss
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()
@@ -427,6 +433,8 @@ def parse_args(argv=None) -> dict:
     parser.add_argument("--frozen-stages", type=int,
                         help="backbone stages frozen, stem included (default 2 with ImageNet weights, 0 random init)")
     parser.add_argument("--dropout", type=float)
+    parser.add_argument("--attention-loss-weight", type=float,
+                        help="weight of the spatial-attention supervision by lesion masks (default 0: off)")
     parser.add_argument("--no-pretrained-backbone", dest="pretrained_backbone", action="store_false", default=None,
                         help="random backbone initialisation instead of ImageNet weights")
     parser.add_argument("--backbone-weights", help="local timm checkpoint with ImageNet weights (offline machines)")
