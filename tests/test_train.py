@@ -298,3 +298,23 @@ def test_attention_loss_weight_trains_with_the_lesion_masks(signal_dataset, tmp_
     shutil.copy(signal_dataset / "prepare_info.json", without_masks)
     with pytest.raises(ConfigError, match="needs lesion masks"):
         train({**TINY, "data": without_masks, "output_dir": tmp_path / "refused", "attention_loss_weight": 0.5})
+
+
+def test_checkpoint_every_n_epochs_and_after_the_last(signal_dataset, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    states_saved_after = []
+    real_save_state = Accelerator.save_state
+    real_save_checkpoint = train_module.save_checkpoint
+
+    def save_checkpoint_recording(accelerator, model, processor, progress, *args):
+        epoch = len(progress.history)
+        monkeypatch.setattr(Accelerator, "save_state",
+                            lambda self, *a, **k: (states_saved_after.append(epoch), real_save_state(self, *a, **k)))
+        return real_save_checkpoint(accelerator, model, processor, progress, *args)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_checkpoint_recording)
+    train({**TINY, "data": signal_dataset, "output_dir": tmp_path / "run", "epochs": 3, "checkpoint_every": 2})
+    assert states_saved_after == [2, 3]
+    with pytest.raises(ConfigError, match="checkpoint_every"):
+        resolve_config({"data": "DS", "output_dir": "RUN", "checkpoint_every": 0})

@@ -11,7 +11,8 @@ with --config, then every flag given on the command line. Writes:
 - `RUN/history.json`: per epoch train loss, validation loss, validation AUC, learning rate, seconds;
 - `RUN/loss_curve.png`, `RUN/config.yaml` (the resolved settings, paths absolute, plus the dataset's
   path relative to the run folder);
-- `RUN/state/`: Accelerate state after every epoch; `--resume` continues from it after a kill.
+- `RUN/state/`: Accelerate state after every epoch (`--checkpoint-every N`: every N epochs, and after
+  the last); `--resume` continues from it after a kill.
 """
 
 import argparse
@@ -62,6 +63,7 @@ DEFAULTS = {
     "num_workers": None,  # None: 0 on CPU (the model needs the cores), up to 8 on GPU
     "report_to": None,
     "resume": False,
+    "checkpoint_every": 1,  # epochs between saves of RUN/state/ (always after the last epoch)
 }
 # Written into RUN/config.yaml as absolute paths (run_config_for_disk).
 PATH_SETTINGS = ("data", "output_dir", "backbone_weights")
@@ -103,6 +105,9 @@ def resolve_config(overrides: Optional[dict] = None, config_path: Optional[str] 
     for key in ("data", "output_dir"):
         if not config[key]:
             raise ConfigError(f"`{key}` is required (--{key.replace('_', '-')})")
+    if not isinstance(config["checkpoint_every"], int) or config["checkpoint_every"] < 1:
+        every = config["checkpoint_every"]
+        raise ConfigError(f"`checkpoint_every` must be a whole number of epochs >= 1, got {every!r}")
     return config
 
 
@@ -313,12 +318,16 @@ def train_one_epoch(model, loader, optimizer, accelerator, augmentation, bar_des
     return (accelerator.reduce(loss_sum) / accelerator.reduce(sample_count)).item()
 
 
-def save_checkpoint(accelerator, model, processor, progress: TrainingProgress, run_dir: str, is_best: bool) -> None:
-    """`best/` when this epoch is the best so far, then `state/` (for --resume) and `history.json`."""
+def save_checkpoint(
+    accelerator, model, processor, progress: TrainingProgress, run_dir: str, is_best: bool, save_state: bool
+) -> None:
+    """`best/` when this epoch is the best so far, `state/` (for --resume) when `save_state`, and
+    `history.json`."""
     if is_best and accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(os.path.join(run_dir, "best"))
         processor.save_pretrained(os.path.join(run_dir, "best"))
-    accelerator.save_state(os.path.join(run_dir, "state"))
+    if save_state:
+        accelerator.save_state(os.path.join(run_dir, "state"))
     if accelerator.is_main_process:
         with open(os.path.join(run_dir, "history.json"), "w") as handle:
             json.dump({"best_epoch": progress.best_epoch, "epochs": progress.history}, handle, indent=2)
@@ -416,7 +425,9 @@ def train(config) -> str:
         entry["lr"] = optimizer.param_groups[0]["lr"]
         entry["time_s"] = time.perf_counter() - started
         is_best = progress.record(entry)
-        save_checkpoint(accelerator, model, processor, progress, run_dir, is_best)
+        last = epoch == config["epochs"] or progress.should_stop(config["early_stopping_patience"])
+        save_state = last or epoch % config["checkpoint_every"] == 0
+        save_checkpoint(accelerator, model, processor, progress, run_dir, is_best, save_state)
         report_epoch(accelerator, entry, is_best)
     finish_run(accelerator, progress, run_dir, config["early_stopping_patience"])
     return run_dir
@@ -454,6 +465,8 @@ def parse_args(argv=None) -> dict:
     parser.add_argument("--num-workers", type=int, help="DataLoader workers (default: 0 on CPU, up to 8 on GPU)")
     parser.add_argument("--report-to", choices=["tensorboard"], help="experiment tracking (logs under RUN/)")
     parser.add_argument("--resume", action="store_true", default=None, help="continue from RUN/state/")
+    parser.add_argument("--checkpoint-every", type=int,
+                        help="save RUN/state/ every N epochs and after the last one (default 1)")
     return vars(parser.parse_args(argv))
 
 
