@@ -56,6 +56,17 @@ def _summary(values: np.ndarray, weights: np.ndarray) -> dict:
     return {"value": float(np.mean(values)), "ci_low": low, "ci_high": high}
 
 
+def explained_maps(model, pixel_values: torch.Tensor, batch_size: int) -> dict:
+    """`{name: (n, H, W) map on the CPU, or None when the model has no such map}` for `MAP_NAMES`."""
+    maps = {name: [] for name in MAP_NAMES}
+    for start in tqdm(range(0, len(pixel_values), batch_size), desc="localisation", leave=False):
+        explained = explain(model, pixel_values[start : start + batch_size])
+        for name in MAP_NAMES:
+            if explained[name] is not None:
+                maps[name].append(explained[name].cpu())
+    return {name: torch.cat(batches) if batches else None for name, batches in maps.items()}
+
+
 def localisation_metrics(
     model,
     pixel_values: torch.Tensor,
@@ -93,13 +104,7 @@ def localisation_metrics(
     groups = np.asarray(patient_ids)[keep.numpy()] if patient_ids is not None else np.arange(len(masks))
     tolerance_px = tolerance * max(size)
 
-    maps = {name: [] for name in MAP_NAMES}
-    for start in tqdm(range(0, len(pixel_values), batch_size), desc="localisation", leave=False):
-        explained = explain(model, pixel_values[start : start + batch_size])
-        for name in MAP_NAMES:
-            if explained[name] is not None:
-                maps[name].append(explained[name].cpu())
-
+    maps = explained_maps(model, pixel_values, batch_size)
     weights = patient_bootstrap_weights(groups, resamples, seed)
     result = {
         "n": int(len(masks)),
@@ -108,10 +113,10 @@ def localisation_metrics(
         "pointing_chance": float(np.mean(pointing_chance(masks, tolerance_px))),
     }
     for name in MAP_NAMES:
-        if not maps[name]:
+        if maps[name] is None:
             result[name] = None
             continue
-        stacked = torch.cat(maps[name])
+        stacked = maps[name]
         result[name] = {
             "pointing_game": _summary(pointing_game_hits(stacked, masks, tolerance_px).astype(float), weights),
             "energy_in_mask": _summary(energy_in_mask(stacked, masks), weights),
