@@ -119,25 +119,34 @@ def loop_throughput(data: str, run_dir: str, settings: dict) -> dict:
             "images_per_s": n_train / (sum(steady) / len(steady)), "first_epoch_s": epochs[0]["time_s"]}
 
 
+def bare_epoch_throughput(model, device, batch: int, size: int, n_train: int, n_validation: int) -> float:
+    """Training images/s of a bare epoch: the training steps and validation forwards our loop does for
+    `n_train` + `n_validation` slices, on in-memory tensors."""
+    train_rate = step_throughput(model, device, batch, size, max(1, n_train // batch), 1, False, False)
+    validation_rate = forward_throughput(model, device, batch, size, max(1, n_validation // batch))
+    return n_train / (n_train / train_rate + n_validation / validation_rate)
+
+
 def run_cpu(args) -> dict:
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory() as workdir:
         data = prepare_phantom(workdir, args.n_per_class, args.image_size)
+        from training.data import load_prepared
+
+        dataset_dict = load_prepared(data["data"])[0]
+        sizes = (args.batch_size, args.image_size, len(dataset_dict["train"]), len(dataset_dict["validation"]))
+        bare_model = bare_resnet50(device, False)
+        # Bare before and after ours: on a shared machine the load drifts, and the two show by how much.
+        bare_before = bare_epoch_throughput(bare_model, device, *sizes)
         ours = loop_throughput(data["data"], os.path.join(workdir, "run"), {
             "backbone": "resnet50", "attention": "dual", "frozen_stages": FROZEN_STAGES, "pretrained_backbone": False,
             "image_size": args.image_size, "batch_size": args.batch_size, "epochs": args.epochs, "num_workers": 0,
         })
-    # The bare loop's epoch: the same training steps and validation forwards, on in-memory tensors.
-    bare_model = bare_resnet50(device, False)
-    steps = max(1, ours["n_train"] // args.batch_size)
-    train_rate = step_throughput(bare_model, device, args.batch_size, args.image_size, steps, 1, False, False)
-    validation_steps = max(1, ours["n_validation"] // args.batch_size)
-    validation_rate = forward_throughput(bare_model, device, args.batch_size, args.image_size, validation_steps)
-    bare_epoch_s = ours["n_train"] / train_rate + ours["n_validation"] / validation_rate
-    bare = ours["n_train"] / bare_epoch_s
+        bare_after = bare_epoch_throughput(bare_model, device, *sizes)
+    bare = (bare_before + bare_after) / 2
     return {"device": "cpu", "threads": torch.get_num_threads(), "image_size": args.image_size,
-            "batch_size": args.batch_size,
-            "ours_loop": ours, "bare_timm_images_per_s": bare, "ratio_ours_over_bare": ours["images_per_s"] / bare,
+            "batch_size": args.batch_size, "ours_loop": ours, "bare_timm_images_per_s": bare,
+            "bare_timm_before_after": [bare_before, bare_after], "ratio_ours_over_bare": ours["images_per_s"] / bare,
             "phantom_s": data["phantom_s"], "prepare_s": data["prepare_s"]}
 
 
@@ -198,7 +207,9 @@ def main(argv=None) -> dict:
         print(f"our loop (augmented data + validation):   {ours['images_per_s']:.2f} train img/s over "
               f"{ours['n_train']} "
               f"train + {ours['n_validation']} validation slices per epoch")
-        print(f"bare timm loop (same steps, random tensors): {result['bare_timm_images_per_s']:.2f} train img/s")
+        before, after = result["bare_timm_before_after"]
+        print(f"bare timm loop (same steps, random tensors): {result['bare_timm_images_per_s']:.2f} train img/s "
+              f"(before ours {before:.2f}, after {after:.2f})")
         print(f"ratio ours / bare: {result['ratio_ours_over_bare']:.2f}")
     else:
         print(f"{result['device']}, bf16 + channels_last, resnet50 frozen {FROZEN_STAGES}, 224 px")
