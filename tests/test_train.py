@@ -207,7 +207,7 @@ def test_run_folder_means_the_same_from_another_directory_and_moves_with_its_dat
     monkeypatch.chdir(work)
     train({**TINY, "data": "ds", "output_dir": "run", "epochs": 1})  # relative paths, as a user types them
     # Random initialisation, frozen_stages unset: nothing frozen, and the run says so.
-    assert "frozen backbone stages: nothing (frozen_stages=0: random initialisation" in capsys.readouterr().out
+    assert "frozen backbone stages: nothing (frozen_stages=0, random initialisation" in capsys.readouterr().out
     assert json.loads((work / "run" / "best" / "config.json").read_text())["frozen_stages"] == 0
 
     stored = yaml.safe_load((work / "run" / "config.yaml").read_text())

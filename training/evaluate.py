@@ -163,19 +163,17 @@ def _metric_table(rows: dict) -> str:
 
 def _threshold_section(metrics: dict) -> list:
     point = metrics["operating_point"]
-    previous = threshold_text(point["previous_threshold"])
+    previous, new = threshold_text(point["previous_threshold"]), threshold_text(point["threshold"])
     if point["written_to_config"]:
-        written = f"written into the model's config.json as `decision_threshold` (it held {previous} before)"
+        written = "written into the model's config.json as `decision_threshold`"
     else:
-        written = f"not written (--no-write-threshold): the model's config.json keeps {previous}"
+        written = "not written (--no-write-threshold): the model's config.json keeps the previous one"
     return [
         "## Decision threshold",
         "",
-        f"Operating point **{threshold_text(point['threshold'])}**, chosen on the {point['chosen_on']} split "
-        f"(target sensitivity {point['target_sensitivity']:.2f}): {point['note']}.",
+        f"Operating point **{new}**, chosen on the {point['chosen_on']} split: {point['note']}.",
         "",
-        f"Previous threshold {previous}; new threshold {threshold_text(point['threshold'])}, {written}. "
-        "Results at 0.5 are shown beside it.",
+        f"Previous threshold {previous}; new threshold {new}, {written}. Results at 0.5 are shown beside it.",
         "",
     ]
 

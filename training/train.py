@@ -234,12 +234,11 @@ def choose_frozen_stages(config: dict) -> Tuple[int, str]:
     if stages is None:
         stages = 2 if pretrained else 0
         why = "the paper's default with ImageNet weights" if pretrained else (
-            "random initialisation (--no-pretrained-backbone): frozen layers would stay random; "
-            "set --frozen-stages to override")
+            "random initialisation, so frozen layers would stay random; --frozen-stages overrides this")
     else:
-        why = "as set" + ("; these layers keep their random initial weights" if stages and not pretrained else "")
+        why = "as set" + ("; they keep their random initial weights" if stages and not pretrained else "")
     what = f"stem + stages 1-{stages}" if stages else "nothing"
-    return stages, f"frozen backbone stages: {what} (frozen_stages={stages}: {why})"
+    return stages, f"frozen backbone stages: {what} (frozen_stages={stages}, {why})"
 
 
 def make_accelerator(config: dict) -> Accelerator:
