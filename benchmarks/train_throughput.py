@@ -1,5 +1,6 @@
-"""Training throughput: our training loop (data loading, validation and checkpointing included) against a
-bare timm ResNet-50 loop on random tensors, same device, batch, size and frozen stages; prints the ratio.
+"""Training throughput: a steady epoch of our training loop (augmented data loading and validation
+included) against a bare timm ResNet-50 loop doing the same training steps and validation forwards on
+random in-memory tensors, same device, batch, size and frozen stages; prints the ratio.
 
     python benchmarks/train_throughput.py                      # CPU: small phantom, 128 px, ratio
     python benchmarks/train_throughput.py --device cuda --json out.json
@@ -23,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import timm  # noqa: E402
 
-from training.train import build_model, train  # noqa: E402
+from training.train import CONFIG_DIR, build_model, train  # noqa: E402
 
 FROZEN_STAGES = 2  # the paper's: stem + stages 1 and 2
 
@@ -76,6 +77,19 @@ def step_throughput(model, device, batch: int, size: int, steps: int, warmup: in
     return batch * steps / (time.perf_counter() - started)
 
 
+def forward_throughput(model, device, batch: int, size: int, steps: int) -> float:
+    """Images/s of validation forwards (inference mode) on a fixed random batch."""
+    images = torch.randn(batch, 3, size, size, device=device)
+    model.eval()
+    with torch.inference_mode():
+        model(images)  # warm-up
+        started = time.perf_counter()
+        for _ in range(steps):
+            model(images)
+    model.train()
+    return batch * steps / (time.perf_counter() - started)
+
+
 def prepare_phantom(workdir: str, n_per_class: int, size: int) -> dict:
     """Phantom -> prepared dataset; returns the dataset path and the seconds of each phase."""
     from training.phantom import generate_phantom
@@ -98,24 +112,41 @@ def loop_throughput(data: str, run_dir: str, settings: dict) -> dict:
         epochs = json.load(handle)["epochs"]
     from training.data import load_prepared
 
-    n_train = len(load_prepared(data)[0]["train"])
+    dataset_dict = load_prepared(data)[0]
+    n_train, n_validation = len(dataset_dict["train"]), len(dataset_dict["validation"])
     steady = [e["time_s"] for e in epochs[1:]] or [epochs[0]["time_s"]]
-    return {"train_wall_s": wall_s, "epochs": len(epochs), "n_train": n_train,
+    return {"train_wall_s": wall_s, "epochs": len(epochs), "n_train": n_train, "n_validation": n_validation,
             "images_per_s": n_train / (sum(steady) / len(steady)), "first_epoch_s": epochs[0]["time_s"]}
+
+
+def bare_epoch_throughput(model, device, batch: int, size: int, n_train: int, n_validation: int) -> float:
+    """Training images/s of a bare epoch: the training steps and validation forwards our loop does for
+    `n_train` + `n_validation` slices, on in-memory tensors."""
+    train_rate = step_throughput(model, device, batch, size, max(1, n_train // batch), 1, False, False)
+    validation_rate = forward_throughput(model, device, batch, size, max(1, n_validation // batch))
+    return n_train / (n_train / train_rate + n_validation / validation_rate)
 
 
 def run_cpu(args) -> dict:
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory() as workdir:
         data = prepare_phantom(workdir, args.n_per_class, args.image_size)
+        from training.data import load_prepared
+
+        dataset_dict = load_prepared(data["data"])[0]
+        sizes = (args.batch_size, args.image_size, len(dataset_dict["train"]), len(dataset_dict["validation"]))
+        bare_model = bare_resnet50(device, False)
+        # Bare before and after ours: on a shared machine the load drifts, and the two show by how much.
+        bare_before = bare_epoch_throughput(bare_model, device, *sizes)
         ours = loop_throughput(data["data"], os.path.join(workdir, "run"), {
             "backbone": "resnet50", "attention": "dual", "frozen_stages": FROZEN_STAGES, "pretrained_backbone": False,
             "image_size": args.image_size, "batch_size": args.batch_size, "epochs": args.epochs, "num_workers": 0,
         })
-    steps = max(1, ours["n_train"] // args.batch_size)
-    bare = step_throughput(bare_resnet50(device, False), device, args.batch_size, args.image_size, steps, 1, False, False)
-    return {"device": "cpu", "threads": torch.get_num_threads(), "image_size": args.image_size, "batch_size": args.batch_size,
-            "ours_loop": ours, "bare_timm_images_per_s": bare, "ratio_ours_over_bare": ours["images_per_s"] / bare,
+        bare_after = bare_epoch_throughput(bare_model, device, *sizes)
+    bare = (bare_before + bare_after) / 2
+    return {"device": "cpu", "threads": torch.get_num_threads(), "image_size": args.image_size,
+            "batch_size": args.batch_size, "ours_loop": ours, "bare_timm_images_per_s": bare,
+            "bare_timm_before_after": [bare_before, bare_after], "ratio_ours_over_bare": ours["images_per_s"] / bare,
             "phantom_s": data["phantom_s"], "prepare_s": data["prepare_s"]}
 
 
@@ -133,7 +164,8 @@ def run_cuda(args) -> dict:
             del model
             torch.cuda.empty_cache()
         result["batches"][batch] = row
-        print(f"batch {batch}: bare timm {row['bare_timm']:.0f} img/s, our model {row['ours_model']:.0f} img/s", flush=True)
+        print(f"batch {batch}: bare timm {row['bare_timm']:.0f} img/s, our model {row['ours_model']:.0f} img/s",
+              flush=True)
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
@@ -141,7 +173,7 @@ def run_cuda(args) -> dict:
         data = prepare_phantom(workdir, 450, 224)
         print(f"phantom {data['phantom_s']:.1f} s, prepare {data['prepare_s']:.1f} s", flush=True)
         ours = loop_throughput(data["data"], os.path.join(workdir, "run"), {
-            "config": os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training", "configs", "paper.yaml"),
+            "config": os.path.join(CONFIG_DIR, "paper.yaml"),
             "pretrained_backbone": False,  # the benchmark machine is offline; weights do not change the speed
             "mixed_precision": "bf16", "early_stopping_patience": 1000,  # all 30 epochs, for a fixed amount of work
         })
@@ -170,14 +202,20 @@ def main(argv=None) -> dict:
     print("\n== train throughput ==")
     if args.device == "cpu":
         ours = result["ours_loop"]
-        print(f"cpu ({result['threads']} threads), resnet50 frozen {FROZEN_STAGES}, {args.image_size} px, batch {args.batch_size}")
-        print(f"our loop (data + validation + checkpoint): {ours['images_per_s']:.2f} img/s over {ours['n_train']} train slices")
-        print(f"bare timm loop (random tensors):           {result['bare_timm_images_per_s']:.2f} img/s")
+        print(f"cpu ({result['threads']} threads), resnet50 frozen {FROZEN_STAGES}, {args.image_size} px, "
+              f"batch {args.batch_size}")
+        print(f"our loop (augmented data + validation):   {ours['images_per_s']:.2f} train img/s over "
+              f"{ours['n_train']} "
+              f"train + {ours['n_validation']} validation slices per epoch")
+        before, after = result["bare_timm_before_after"]
+        print(f"bare timm loop (same steps, random tensors): {result['bare_timm_images_per_s']:.2f} train img/s "
+              f"(before ours {before:.2f}, after {after:.2f})")
         print(f"ratio ours / bare: {result['ratio_ours_over_bare']:.2f}")
     else:
         print(f"{result['device']}, bf16 + channels_last, resnet50 frozen {FROZEN_STAGES}, 224 px")
         for batch, row in result["batches"].items():
-            print(f"  batch {batch:>3}: bare timm {row['bare_timm']:7.0f} img/s | our model {row['ours_model']:7.0f} img/s "
+            print(f"  batch {batch:>3}: bare timm {row['bare_timm']:7.0f} img/s | "
+                  f"our model {row['ours_model']:7.0f} img/s "
                   f"| ratio {row['ours_model'] / row['bare_timm']:.2f}")
         p = result["paper_protocol"]
         print(f"paper protocol ({p['epochs']} epochs, {p['n_train']} train slices): phantom {p['phantom_s']:.1f} s + "

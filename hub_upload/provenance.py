@@ -63,6 +63,18 @@ def is_phantom_dataset(data_dir: Path) -> bool:
     )
 
 
+def trained_on_data_dir(run_config: dict, run_config_path: Path) -> Optional[Path]:
+    """The prepared dataset a run used: beside the run when the two were copied together
+    (`data_relative_to_run`), else the absolute `data` path that training.train stores (older runs
+    stored it as given, relative to the directory training was started from)."""
+    candidates = []
+    if run_config.get("data_relative_to_run"):
+        candidates.append(run_config_path.parent / run_config["data_relative_to_run"])
+    if run_config.get("data"):
+        candidates.append(Path(run_config["data"]))
+    return next((path for path in candidates if (path / "prepare_info.json").is_file()), None)
+
+
 def read_provenance(model_dir, trained_on: str = "auto", data_dir=None) -> TrainingProvenance:
     """Raises ValueError (one line) when `trained_on="auto"` cannot tell phantom from real data."""
     if trained_on not in TRAINED_ON_CHOICES:
@@ -72,8 +84,8 @@ def read_provenance(model_dir, trained_on: str = "auto", data_dir=None) -> Train
     settings = {
         key: run_config[key] for key in CARD_SETTINGS if isinstance(run_config.get(key), (int, float, str, bool))
     }
-    if data_dir is None and run_config.get("data"):
-        data_dir = Path(run_config["data"])
+    if data_dir is None and run_config:
+        data_dir = trained_on_data_dir(run_config, find_run_config(model_dir))
     info_path = Path(data_dir) / "prepare_info.json" if data_dir else None
     counts = None
     if info_path is not None and info_path.is_file():

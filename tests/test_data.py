@@ -60,7 +60,7 @@ def test_augmentation_includes_flips_and_is_seeded():
     first = [splits["train"][0]["pixel_values"][0] for _ in range(20)]
     torch.manual_seed(1)
     second = [splits["train"][0]["pixel_values"][0] for _ in range(20)]
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     # a horizontal flip turns the left-to-right ramp into a right-to-left one
     assert any(draw[:, 2:-2].diff(dim=1).mean() < 0 for draw in first)
     assert any(draw[:, 2:-2].diff(dim=1).mean() > 0 for draw in first)
@@ -89,3 +89,44 @@ def test_load_prepared_needs_prepare_info(tmp_path):
     gradient_dataset_dict().save_to_disk(str(tmp_path / "ds"))
     with pytest.raises(FileNotFoundError, match="prepare_info.json"):
         load_prepared(tmp_path / "ds")
+
+
+def test_batch_augmentation_draws_per_image_and_its_flips_are_exact():
+    from training.data import BatchAugmentation
+
+    ramp = torch.linspace(0, 1, SIZE).expand(SIZE, SIZE)
+    image = ramp * ramp.T  # (H, W): no symmetry, so the four flips differ
+    batch = ((image - 0.2) / 0.1).expand(32, 3, SIZE, SIZE).contiguous()
+    # No rotation, no scaling, no jitter: only the flips remain, and resampling on the unchanged grid is exact.
+    flips_only = BatchAugmentation([0.2] * 3, [0.1] * 3, degrees=0.0, scale=(1.0, 1.0), jitter=0.0)
+    torch.manual_seed(0)
+    augmented, no_mask = flips_only(batch)
+    assert no_mask is None
+    candidates = [batch[0], batch[0].flip(-1), batch[0].flip(-2), batch[0].flip(-1, -2)]
+    matches = [[torch.allclose(out, c, atol=1e-5) for c in candidates] for out in augmented]
+    assert all(sum(m) == 1 for m in matches)
+    assert all(any(m[k] for m in matches) for k in range(4))  # each image draws its own flips
+
+    torch.manual_seed(0)
+    full = BatchAugmentation([0.2] * 3, [0.1] * 3)(batch)[0]
+    torch.manual_seed(0)
+    assert torch.equal(full, BatchAugmentation([0.2] * 3, [0.1] * 3)(batch)[0])  # seeded
+    assert full.shape == batch.shape and not torch.allclose(full[0], full[1])
+    low, high = (0 - 0.2) / 0.1, (1 - 0.2) / 0.1  # values stay inside the window
+    assert full.min() >= low - 1e-5 and full.max() <= high + 1e-5
+
+
+def test_lesion_masks_move_with_their_images(signal_dataset):
+    # signal_dataset: a positive slice is 0.9 on its lesion disc and 0.1-0.4 elsewhere.
+    dataset_dict, info = load_prepared(signal_dataset)
+    splits = torch_splits(dataset_dict, info, augment=True, image_size=48, train_masks=True)
+    assert "lesion_mask" not in splits["validation"][0]
+    torch.manual_seed(0)
+    batch = next(iter(torch.utils.data.DataLoader(splits["train"], batch_size=24)))
+    masks, labels = batch["lesion_mask"], batch["labels"]
+    assert masks.shape == (24, 48, 48) and set(masks.unique().tolist()) <= {0.0, 1.0}
+    assert masks[labels == 0].sum() == 0 and (masks[labels == 1].flatten(1).sum(1) > 0).all()
+    unit = batch["pixel_values"][:, 0] * info["image_std"][0] + info["image_mean"][0]
+    inside, outside = unit[masks > 0], unit[(masks == 0) & (labels == 1)[:, None, None]]
+    # After flips, rotation and scaling (and 10 % jitter), the mask still covers the bright disc.
+    assert inside.median() > 0.75 and outside.median() < 0.45

@@ -14,33 +14,32 @@ Writes `EVAL/metrics.json`, `predictions.csv` (one row per slice; pseudonymous p
 import argparse
 import csv
 import json
+import math
 import os
 import sys
+import tempfile
 from typing import Optional
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import ConfusionMatrixDisplay, roc_curve
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay, roc_curve  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from modeling import CLASS_NAMES, CTImageProcessor, DualAttentionResNetForImageClassification  # noqa: E402
-from training.data import load_prepared, torch_splits  # noqa: E402
-from training.localisation import localisation_metrics  # noqa: E402
-from training.metrics import (  # noqa: E402
+from modeling import CLASS_NAMES, CTImageProcessor, DualAttentionResNetForImageClassification
+from training.data import load_prepared, torch_splits
+from training.localisation import localisation_for_config, localisation_metrics
+from training.metrics import (
     METRIC_NAMES,
     binary_confusion_matrix,
     calibration,
+    choose_operating_point,
     metrics_with_intervals,
-    operating_point,
     patient_scores,
 )
-from training.paper import PAPER_ATTENTION_MODEL, PAPER_RESULTS  # noqa: E402
+from training.paper import PAPER_ATTENTION_MODEL, PAPER_RESULTS
 
 
 def load_model(model_dir):
@@ -62,14 +61,16 @@ def predict_probabilities(model, split, batch_size: int = 32, desc: str = "predi
     device = next(model.parameters()).device
     probabilities = []
     for batch in tqdm(DataLoader(split, batch_size=batch_size), desc=desc, leave=False):
-        logits = model(pixel_values=batch["pixel_values"].to(device)).logits.float().view(-1)
+        logits = model(pixel_values=batch["pixel_values"].to(device)).logits.double().view(-1)
+        # sigmoid in float64: float32 reads every logit above ~17 as 1.0, which hides the operating point
         probabilities.append(torch.sigmoid(logits).cpu().numpy())
     return np.concatenate(probabilities).astype(np.float64)
 
 
 def localisation(model, split, raw_split, resamples: int, seed: int) -> Optional[dict]:
     """Attention / Grad-CAM localisation on positive slices that have lesion masks, or None if there are none."""
-    rows = [i for i, (label, has_mask) in enumerate(zip(raw_split["label"], raw_split["has_mask"])) if label == 1 and has_mask]
+    labels_and_masks = zip(raw_split["label"], raw_split["has_mask"], strict=True)
+    rows = [i for i, (label, has_mask) in enumerate(labels_and_masks) if label == 1 and has_mask]
     if not rows:
         return None
     pixel_values = torch.stack([split[i]["pixel_values"] for i in rows])
@@ -80,10 +81,12 @@ def localisation(model, split, raw_split, resamples: int, seed: int) -> Optional
 
 def plot_roc(labels, probabilities, threshold: float, auc: float, path: str) -> None:
     fpr, tpr, _ = roc_curve(labels, probabilities)
-    figure, axis = plt.subplots(figsize=(5, 5))
+    figure = Figure(figsize=(5, 5))
+    axis = figure.subplots()
     axis.plot(fpr, tpr, label=f"model (AUC {auc:.3f})")
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
-    for t, marker, name in ((threshold, "o", f"operating point {threshold:.3f}"), (0.5, "s", "threshold 0.5")):
+    points = ((threshold, "o", f"operating point {threshold_text(threshold)}"), (0.5, "s", "threshold 0.5"))
+    for t, marker, name in points:
         called = probabilities >= t
         point_tpr = called[labels == 1].mean() if (labels == 1).any() else np.nan
         point_fpr = called[labels == 0].mean() if (labels == 0).any() else np.nan
@@ -93,24 +96,25 @@ def plot_roc(labels, probabilities, threshold: float, auc: float, path: str) -> 
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def plot_confusion_matrices(matrices: dict, path: str) -> None:
     """One panel per threshold: {title: [[tn, fp], [fn, tp]]}."""
-    figure, axes = plt.subplots(1, len(matrices), figsize=(5 * len(matrices), 4.2))
-    for axis, (title, matrix) in zip(np.atleast_1d(axes), matrices.items()):
-        ConfusionMatrixDisplay(np.asarray(matrix), display_labels=CLASS_NAMES).plot(ax=axis, colorbar=False, cmap="Blues")
+    figure = Figure(figsize=(5 * len(matrices), 4.2))
+    axes = figure.subplots(1, len(matrices))
+    for axis, (title, matrix) in zip(np.atleast_1d(axes), matrices.items(), strict=True):
+        display = ConfusionMatrixDisplay(np.asarray(matrix), display_labels=CLASS_NAMES)
+        display.plot(ax=axis, colorbar=False, cmap="Blues")
         axis.set_title(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def plot_reliability(labels, probabilities, path: str, bins: int = 10) -> None:
     """Observed positive rate against mean predicted probability per bin, with the histogram below."""
     observed, predicted = calibration_curve(labels, probabilities, n_bins=bins, strategy="uniform")
-    figure, (curve, histogram) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    figure = Figure(figsize=(5, 6))
+    curve, histogram = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     curve.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
     curve.plot(predicted, observed, marker="o", label="model")
     curve.set(ylabel="observed fraction metastatic", title="Reliability diagram", ylim=(-0.02, 1.02))
@@ -120,7 +124,6 @@ def plot_reliability(labels, probabilities, path: str, bins: int = 10) -> None:
     histogram.set(xlabel="predicted P(metastatic)", ylabel="slices")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def write_predictions(path: str, raw_split, probabilities, threshold: float) -> None:
@@ -129,7 +132,7 @@ def write_predictions(path: str, raw_split, probabilities, threshold: float) -> 
         writer = csv.writer(handle)
         writer.writerow(["index", "source", "patient_id", "label", "probability", "prediction"])
         for i, (source, patient, label, p) in enumerate(
-            zip(raw_split["source"], raw_split["patient_id"], raw_split["label"], probabilities)
+            zip(raw_split["source"], raw_split["patient_id"], raw_split["label"], probabilities, strict=True)
         ):
             writer.writerow([i, source, patient, label, f"{p:.6f}", int(p >= threshold)])
 
@@ -155,27 +158,58 @@ def _metric_table(rows: dict) -> str:
     return header + "\n".join(lines) + "\n"
 
 
+def _threshold_section(metrics: dict) -> list:
+    point = metrics["operating_point"]
+    previous, new = threshold_text(point["previous_threshold"]), threshold_text(point["threshold"])
+    if point["written_to_config"]:
+        written = "written into the model's config.json as `decision_threshold`"
+    else:
+        written = "not written (--no-write-threshold): the model's config.json keeps the previous one"
+    return [
+        "## Decision threshold",
+        "",
+        f"Operating point **{new}**, chosen on the {point['chosen_on']} split: {point['note']}.",
+        "",
+        f"Previous threshold {previous}; new threshold {new}, {written}. Results at 0.5 are shown beside it.",
+        "",
+    ]
+
+
+def _localisation_section(loc: Optional[dict]) -> list:
+    lines = ["## Localisation", ""]
+    if loc is None:
+        return lines + ["Not measured: no positive slices with lesion masks in this split."]
+    lines += [
+        f"{loc['n']} positive slices with lesion masks. Chance levels: energy in mask "
+        f"{loc['mask_area_fraction']:.3f} (a uniform map), pointing game {loc['pointing_chance']:.3f} "
+        "(a random point).",
+        "",
+        "| map | metric | value (95 % CI) |",
+        "|---|---|---|",
+    ]
+    for method in ("attention", "gradcam"):
+        for name, value in (loc.get(method) or {}).items():
+            interval = f"{value['ci_low']:.3f}-{value['ci_high']:.3f}"
+            lines.append(f"| {method} | {name} | {value['value']:.3f} ({interval}) |")
+    return lines
+
+
 def write_report(path: str, metrics: dict, model_dir: str, data: str) -> None:
-    t = metrics["threshold"]
+    t = threshold_text(metrics["threshold"])
     (tn, fp), (fn, tp) = metrics["confusion_matrix"]
-    loc = metrics["localisation"]
+    bootstrap = metrics["bootstrap"]
     lines = [
         f"# Evaluation: {metrics['split']} split",
         "",
         f"Model `{model_dir}`, data `{data}`: {metrics['n']} slices from {metrics['n_patients']} patients. "
-        f"Intervals are 95 % bootstrap percentile intervals ({metrics['bootstrap']['resamples']} resamples of "
-        f"patients, seed {metrics['bootstrap']['seed']}).",
+        f"Intervals are 95 % bootstrap percentile intervals ({bootstrap['resamples']} resamples of "
+        f"patients, seed {bootstrap['seed']}).",
         "",
-        "## Decision threshold",
-        "",
-        f"Operating point **{t:.4f}**: the highest threshold reaching sensitivity "
-        f"{metrics['operating_point']['target_sensitivity']:.2f} on the {metrics['operating_point']['chosen_on']} split; "
-        "written into the model's config.json as `decision_threshold`. Results at 0.5 are shown beside it.",
-        "",
+        *_threshold_section(metrics),
         "## Slice level",
         "",
-        _metric_table({f"threshold {t:.3f}": metrics, "threshold 0.5": metrics["at_0.5"]}),
-        f"Confusion matrix at {t:.3f}: TN {tn}, FP {fp}, FN {fn}, TP {tp}.",
+        _metric_table({f"threshold {t}": metrics, "threshold 0.5": metrics["at_0.5"]}),
+        f"Confusion matrix at {t}: TN {tn}, FP {fp}, FN {fn}, TP {tp}.",
         "",
         "![Confusion matrices](confusion_matrix.png)",
         "",
@@ -185,7 +219,7 @@ def write_report(path: str, metrics: dict, model_dir: str, data: str) -> None:
         "",
         f"A patient's score is the maximum over its slices ({metrics['patient_level']['n']} patients).",
         "",
-        _metric_table({f"threshold {t:.3f}": metrics["patient_level"]}),
+        _metric_table({f"threshold {t}": metrics["patient_level"]}),
         "## Calibration",
         "",
         f"Expected calibration error (10 bins) {metrics['calibration']['ece']:.3f}; "
@@ -193,24 +227,7 @@ def write_report(path: str, metrics: dict, model_dir: str, data: str) -> None:
         "",
         "![Reliability diagram](reliability_diagram.png)",
         "",
-        "## Localisation",
-        "",
-    ]
-    if loc is None:
-        lines.append("Not measured: no positive slices with lesion masks in this split (or no localisation module).")
-    else:
-        lines += [
-            f"{loc['n']} positive slices with lesion masks. Chance levels: energy in mask "
-            f"{loc['mask_area_fraction']:.3f} (a uniform map), pointing game {loc['pointing_chance']:.3f} (a random point).",
-            "",
-            "| map | metric | value (95 % CI) |",
-            "|---|---|---|",
-        ]
-        for method in ("attention", "gradcam"):
-            for name, value in (loc.get(method) or {}).items():
-                if isinstance(value, dict) and "value" in value:
-                    lines.append(f"| {method} | {name} | {value['value']:.3f} ({value['ci_low']:.3f}-{value['ci_high']:.3f}) |")
-    lines += [
+        *_localisation_section(metrics["localisation"]),
         "",
         "## For reference: the paper",
         "",
@@ -221,6 +238,72 @@ def write_report(path: str, metrics: dict, model_dir: str, data: str) -> None:
     ]
     with open(path, "w") as handle:
         handle.write("\n".join(lines))
+
+
+def threshold_text(threshold: float) -> str:
+    """A threshold with enough decimals that it reads as neither 0 nor 1 (0.9963, 0.9999871)."""
+    distance = min(threshold, 1.0 - threshold)
+    decimals = 4 if distance >= 1e-3 or distance <= 0 else min(15, 2 - math.floor(math.log10(distance)))
+    return f"{threshold:.{decimals}f}"
+
+
+def write_config_atomically(config, model_dir: str) -> None:
+    """`config.json` written to a temporary file in the same folder, then renamed over the old one:
+    a crash leaves either the old or the new file, never half of one."""
+    path = os.path.join(model_dir, "config.json")
+    descriptor, temporary = tempfile.mkstemp(prefix=".config.json.", suffix=".tmp", dir=model_dir)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(config.to_json_string(use_diff=True))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def split_metrics(raw, split: str, probabilities: np.ndarray, threshold: float, resamples: int, seed: int) -> dict:
+    """Slice-level metrics at `threshold` and at 0.5, patient-level metrics and calibration for one split."""
+    labels = np.asarray(raw["label"])
+    patients = np.asarray(raw["patient_id"])
+    patient_labels, patient_max, patient_ids = patient_scores(labels, probabilities, patients)
+    return {
+        "split": split,
+        "n": int(len(labels)),
+        "n_patients": int(len(patient_ids)),
+        "threshold": threshold,
+        **metrics_with_intervals(labels, probabilities, patients, threshold, resamples, seed),
+        "confusion_matrix": binary_confusion_matrix(labels, probabilities, threshold),
+        "at_0.5": {
+            "threshold": 0.5,
+            **metrics_with_intervals(labels, probabilities, patients, 0.5, resamples, seed),
+            "confusion_matrix": binary_confusion_matrix(labels, probabilities, 0.5),
+        },
+        "patient_level": {
+            "n": int(len(patient_ids)),
+            **metrics_with_intervals(patient_labels, patient_max, patient_ids, threshold, resamples, seed),
+        },
+        "calibration": calibration(labels, probabilities),
+    }
+
+
+def write_outputs(output_dir: str, metrics: dict, raw, probabilities: np.ndarray, model_dir: str, data: str) -> None:
+    """metrics.json, predictions.csv, the three figures and report.md into `output_dir`."""
+    os.makedirs(output_dir, exist_ok=True)
+    labels, threshold = np.asarray(raw["label"]), metrics["threshold"]
+    with open(os.path.join(output_dir, "metrics.json"), "w") as handle:
+        json.dump(json_safe(metrics), handle, indent=2, allow_nan=False)
+    write_predictions(os.path.join(output_dir, "predictions.csv"), raw, probabilities, threshold)
+    plot_roc(labels, probabilities, threshold, metrics["auc_roc"]["value"], os.path.join(output_dir, "roc_curve.png"))
+    plot_confusion_matrices(
+        {f"threshold {threshold_text(threshold)} (operating point)": metrics["confusion_matrix"],
+         "threshold 0.5": metrics["at_0.5"]["confusion_matrix"]},
+        os.path.join(output_dir, "confusion_matrix.png"),
+    )
+    plot_reliability(labels, probabilities, os.path.join(output_dir, "reliability_diagram.png"))
+    write_report(os.path.join(output_dir, "report.md"), metrics, model_dir, data)
 
 
 def evaluate(
@@ -235,7 +318,10 @@ def evaluate(
     write_threshold: bool = True,
 ) -> dict:
     """Evaluates `model_dir` on `split` of the prepared dataset `data`; writes the files into
-    `output_dir` when given and returns the metrics.json content."""
+    `output_dir` when given and returns the metrics.json content.
+
+    With `write_threshold`, the model's config.json gets the operating point (`decision_threshold`,
+    `threshold_note`) and, when the split has lesion masks, the measured `localisation`."""
     model_dir, data = os.fspath(model_dir), os.fspath(data)
     dataset_dict, info = load_prepared(data)  # before the model: a wrong path fails fast
     for needed in (split, "validation"):
@@ -244,55 +330,27 @@ def evaluate(
     model, processor = load_model(model_dir)
     splits = model_inputs(dataset_dict, info, processor)
 
-    validation_labels = np.asarray(dataset_dict["validation"]["label"])
     validation_probabilities = predict_probabilities(model, splits["validation"], batch_size, "validation")
-    threshold = operating_point(validation_labels, validation_probabilities, target_sensitivity)
-    if write_threshold:
-        model.config.decision_threshold = threshold
-        model.config.save_pretrained(model_dir)
-
+    chosen = choose_operating_point(dataset_dict["validation"]["label"], validation_probabilities, target_sensitivity)
+    probabilities = validation_probabilities
+    if split != "validation":
+        probabilities = predict_probabilities(model, splits[split], batch_size, split)
     raw = dataset_dict[split]
-    labels = np.asarray(raw["label"])
-    patients = np.asarray(raw["patient_id"])
-    probabilities = (
-        validation_probabilities if split == "validation" else predict_probabilities(model, splits[split], batch_size, split)
-    )
-    patient_labels, patient_max, patient_ids = patient_scores(labels, probabilities, patients)
-    metrics = {
-        "split": split,
-        "n": int(len(labels)),
-        "n_patients": int(len(patient_ids)),
-        "threshold": threshold,
-        "operating_point": {"threshold": threshold, "target_sensitivity": target_sensitivity, "chosen_on": "validation"},
-        **metrics_with_intervals(labels, probabilities, patients, threshold, resamples, seed),
-        "confusion_matrix": binary_confusion_matrix(labels, probabilities, threshold),
-        "at_0.5": {
-            "threshold": 0.5,
-            **metrics_with_intervals(labels, probabilities, patients, 0.5, resamples, seed),
-            "confusion_matrix": binary_confusion_matrix(labels, probabilities, 0.5),
-        },
-        "patient_level": {
-            "n": int(len(patient_ids)),
-            **metrics_with_intervals(patient_labels, patient_max, patient_ids, threshold, resamples, seed),
-        },
-        "calibration": calibration(labels, probabilities),
-        "localisation": localisation(model, splits[split], raw, resamples, seed),
-        "bootstrap": {"resamples": resamples, "seed": seed, "unit": "patient"},
+    metrics = split_metrics(raw, split, probabilities, chosen["threshold"], resamples, seed)
+    metrics["operating_point"] = {
+        **chosen, "target_sensitivity": target_sensitivity, "chosen_on": "validation",
+        "previous_threshold": float(model.config.decision_threshold), "written_to_config": write_threshold,
     }
+    metrics["localisation"] = localisation(model, splits[split], raw, resamples, seed)
+    metrics["bootstrap"] = {"resamples": resamples, "seed": seed, "unit": "patient"}
+    if write_threshold:
+        model.config.decision_threshold = chosen["threshold"]
+        model.config.threshold_note = chosen["note"]
+        if metrics["localisation"] is not None:
+            model.config.localisation = localisation_for_config(metrics["localisation"], split)
+        write_config_atomically(model.config, model_dir)
     if output_dir is not None:
-        output_dir = os.fspath(output_dir)
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, "metrics.json"), "w") as handle:
-            json.dump(json_safe(metrics), handle, indent=2, allow_nan=False)
-        write_predictions(os.path.join(output_dir, "predictions.csv"), raw, probabilities, threshold)
-        plot_roc(labels, probabilities, threshold, metrics["auc_roc"]["value"], os.path.join(output_dir, "roc_curve.png"))
-        plot_confusion_matrices(
-            {f"threshold {threshold:.3f} (operating point)": metrics["confusion_matrix"],
-             "threshold 0.5": metrics["at_0.5"]["confusion_matrix"]},
-            os.path.join(output_dir, "confusion_matrix.png"),
-        )
-        plot_reliability(labels, probabilities, os.path.join(output_dir, "reliability_diagram.png"))
-        write_report(os.path.join(output_dir, "report.md"), metrics, model_dir, data)
+        write_outputs(os.fspath(output_dir), metrics, raw, probabilities, model_dir, data)
     return metrics
 
 
@@ -307,7 +365,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--no-write-threshold", dest="write_threshold", action="store_false",
-                        help="leave the model's config.json unchanged")
+                        help="leave the model's config.json unchanged (threshold and localisation)")
     args = parser.parse_args(argv)
     try:
         metrics = evaluate(
@@ -318,7 +376,7 @@ def main(argv=None) -> dict:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     summary = ", ".join(f"{name} {metrics[name]['value']:.3f}" for name in METRIC_NAMES)
-    print(f"{args.split} ({metrics['n']} slices, threshold {metrics['threshold']:.3f}): {summary}")
+    print(f"{args.split} ({metrics['n']} slices, threshold {threshold_text(metrics['threshold'])}): {summary}")
     print(f"wrote {os.path.join(args.output_dir, 'report.md')}")
     return metrics
 

@@ -14,7 +14,6 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from modeling.explain import explain
-
 from training.metrics import patient_bootstrap_weights, percentile_interval
 
 MAP_NAMES = ("attention", "gradcam")
@@ -24,7 +23,7 @@ def pointing_game_hits(maps: torch.Tensor, masks: torch.Tensor, tolerance_px: fl
     """`maps` `(n, H, W)`, `masks` `(n, H, W)` -> `(n,)` bool: the map's maximum within `tolerance_px`
     (Euclidean) of a mask pixel. A constant map points nowhere and counts as a miss."""
     hits = np.zeros(len(maps), dtype=bool)
-    for index, (heat, mask) in enumerate(zip(maps, masks)):
+    for index, (heat, mask) in enumerate(zip(maps, masks, strict=True)):
         if heat.max() == heat.min():
             continue
         peak = torch.stack(torch.unravel_index(heat.argmax(), heat.shape)).float()
@@ -55,6 +54,17 @@ def _summary(values: np.ndarray, weights: np.ndarray) -> dict:
     draws = weights @ values / weights.sum(axis=1)
     low, high = percentile_interval(draws)
     return {"value": float(np.mean(values)), "ci_low": low, "ci_high": high}
+
+
+def explained_maps(model, pixel_values: torch.Tensor, batch_size: int) -> dict:
+    """`{name: (n, H, W) map on the CPU, or None when the model has no such map}` for `MAP_NAMES`."""
+    maps = {name: [] for name in MAP_NAMES}
+    for start in tqdm(range(0, len(pixel_values), batch_size), desc="localisation", leave=False):
+        explained = explain(model, pixel_values[start : start + batch_size])
+        for name in MAP_NAMES:
+            if explained[name] is not None:
+                maps[name].append(explained[name].cpu())
+    return {name: torch.cat(batches) if batches else None for name, batches in maps.items()}
 
 
 def localisation_metrics(
@@ -94,13 +104,7 @@ def localisation_metrics(
     groups = np.asarray(patient_ids)[keep.numpy()] if patient_ids is not None else np.arange(len(masks))
     tolerance_px = tolerance * max(size)
 
-    maps = {name: [] for name in MAP_NAMES}
-    for start in tqdm(range(0, len(pixel_values), batch_size), desc="localisation", leave=False):
-        explained = explain(model, pixel_values[start : start + batch_size])
-        for name in MAP_NAMES:
-            if explained[name] is not None:
-                maps[name].append(explained[name].cpu())
-
+    maps = explained_maps(model, pixel_values, batch_size)
     weights = patient_bootstrap_weights(groups, resamples, seed)
     result = {
         "n": int(len(masks)),
@@ -109,12 +113,34 @@ def localisation_metrics(
         "pointing_chance": float(np.mean(pointing_chance(masks, tolerance_px))),
     }
     for name in MAP_NAMES:
-        if not maps[name]:
+        if maps[name] is None:
             result[name] = None
             continue
-        stacked = torch.cat(maps[name])
+        stacked = maps[name]
         result[name] = {
             "pointing_game": _summary(pointing_game_hits(stacked, masks, tolerance_px).astype(float), weights),
             "energy_in_mask": _summary(energy_in_mask(stacked, masks), weights),
         }
     return result
+
+
+def localisation_for_config(result: dict, split: str) -> dict:
+    """`localisation_metrics`' result -> the compact form stored in the model's config.json
+    (`config.localisation`): per evaluated map, `{"pointing_game", "pointing_game_ci": [lo, hi],
+    "energy_in_mask", "n_slices", "chance", "split"}`, where `chance` is the pointing game of a random
+    point. Maps that were not evaluated (no spatial branch) are absent."""
+    summary = {}
+    for name in MAP_NAMES:
+        measured = result.get(name)
+        if measured is None:
+            continue
+        pointing = measured["pointing_game"]
+        summary[name] = {
+            "pointing_game": pointing["value"],
+            "pointing_game_ci": [pointing["ci_low"], pointing["ci_high"]],
+            "energy_in_mask": measured["energy_in_mask"]["value"],
+            "n_slices": result["n"],
+            "chance": result["pointing_chance"],
+            "split": split,
+        }
+    return summary

@@ -4,6 +4,7 @@ Every metric comes from scikit-learn. Intervals resample patients, not slices: s
 are correlated, and resampling them independently would give intervals that are too narrow.
 """
 
+import math
 from typing import Dict
 
 import numpy as np
@@ -91,8 +92,8 @@ def weighted_threshold_metrics(labels, scores, threshold: float, weights) -> Dic
     """Accuracy, precision, recall, specificity and F1 for many weightings at once.
 
     `weights` `(r, n)` -> each metric `(r,)`. Equal to scikit-learn's functions with `sample_weight`
-    wherever the metric is defined (tests check this); vectorised because calling scikit-learn 6 x 1000 times per interval set
-    takes tens of seconds.
+    wherever the metric is defined (tests check this); vectorised because calling scikit-learn 6 x 1000
+    times per interval set takes tens of seconds.
     """
     labels = np.asarray(labels).astype(bool)
     called = np.asarray(scores) >= threshold
@@ -206,3 +207,42 @@ def operating_point(labels, scores, target_sensitivity: float = 0.95) -> float:
     first = int(np.argmax(tpr >= target_sensitivity - 1e-12))
     return float(min(1.0, thresholds[first]))
 
+
+
+def _logit(probability: float) -> float:
+    probability = min(max(probability, 1e-15), 1.0 - 1e-15)  # a saturated sigmoid reads 0.0 or 1.0
+    return math.log(probability / (1.0 - probability))
+
+
+def choose_operating_point(labels, scores, target_sensitivity: float = 0.95) -> Dict[str, object]:
+    """The decision threshold for validation `labels` and `scores` (probabilities), and how it was chosen.
+
+    When every positive scores above every negative (validation saturated), any threshold between them
+    separates perfectly, and `operating_point` would return the lowest positive score, which sits at
+    0.99+ for a confident model and moves with a single slice. Then the threshold is the midpoint, in
+    logit space, between the highest negative and the lowest positive score. Otherwise it is
+    `operating_point` (the highest threshold reaching `target_sensitivity`).
+
+    Returns `{"threshold": float, "saturated": bool, "note": str}`; `note` is one line for a config.
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    if len(positives) and len(negatives) and positives.min() > negatives.max():
+        highest_negative, lowest_positive = float(negatives.max()), float(positives.min())
+        middle = (_logit(highest_negative) + _logit(lowest_positive)) / 2.0
+        threshold = 1.0 / (1.0 + math.exp(-middle))
+        if not highest_negative < threshold <= lowest_positive:  # both beyond what float64 resolves
+            threshold = lowest_positive
+        note = (
+            f"validation saturated (all {len(positives)} metastatic slices scored above all {len(negatives)} "
+            f"non-metastatic ones): threshold midway in logit space between the highest non-metastatic "
+            f"({highest_negative:.6g}) and the lowest metastatic ({lowest_positive:.6g}) validation score"
+        )
+        return {"threshold": threshold, "saturated": True, "note": note}
+    threshold = operating_point(labels, scores, target_sensitivity)
+    note = (
+        f"validation not saturated: the highest threshold reaching sensitivity {target_sensitivity:.2f} "
+        f"on the validation split ({len(labels)} slices)"
+    )
+    return {"threshold": threshold, "saturated": False, "note": note}

@@ -12,7 +12,7 @@ import json
 import os
 import time
 
-from training.evaluate import evaluate
+from training.evaluate import evaluate, threshold_text
 from training.phantom import generate_phantom
 from training.prepare import prepare_dataset
 from training.train import CONFIG_DIR, resolve_config, train
@@ -70,10 +70,11 @@ def quickstart(
     auc = metrics["auc_roc"]
     print(
         f"\nTest AUC {auc['value']:.3f} (95 % CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f}), "
-        f"accuracy {metrics['accuracy']['value']:.3f} at threshold {metrics['threshold']:.3f}, "
+        f"accuracy {metrics['accuracy']['value']:.3f} at threshold {threshold_text(metrics['threshold'])}, "
         f"{metrics['n']} slices of {metrics['n_patients']} phantom patients; "
         f"{sum(timings.values()) / 60:.1f} min in all."
     )
+    print(f"  threshold:    {metrics['operating_point']['note']}")
     print(f"  report:       {os.path.join(paths['eval'], 'report.md')}")
     print(f"  model:        {model_dir}")
     print(f"  loss curve:   {os.path.join(paths['run'], 'loss_curve.png')}")
