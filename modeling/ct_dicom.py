@@ -4,6 +4,7 @@ Every refusal is a `ValueError` whose message is one line a user can act on; bat
 next to the file's path and go on.
 """
 
+import logging
 import os
 import re
 import warnings
@@ -17,6 +18,19 @@ try:  # optional so that remote-code loading works without pydicom; reading DICO
     from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
 except ImportError:  # pragma: no cover - exercised only where pydicom is missing
     pydicom = None
+
+
+class _DropQuotedValues(logging.Filter):
+    """pydicom logs the value of a malformed element ("Invalid value for VR PN: 'DOE^JANE'"). In a damaged
+    file that value can run into the tags after it, a patient's name and ID among them, so such records
+    never reach a log. A filter on pydicom's logger rather than a change to its settings: it holds for
+    every thread at once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Invalid value for VR" not in record.getMessage()
+
+
+logging.getLogger("pydicom").addFilter(_DropQuotedValues())
 
 # Decoder packages for compressed transfer syntaxes, by UID prefix, for the error message.
 _DECODER_PACKAGES = {
