@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from modeling import CTImageProcessor
-from training.dicom_writer import ct_dataset, write_ct_dicom
-from training.prepare import CLASS_NAMES, Record, Slice, main, prepare_dataset, split_patients
+from training.dicom_writer import ct_dataset
+from training.prepare import CLASS_NAMES, Record, Slice, main, mask_at_size, prepare_dataset, split_patients
 
 SIZE = 64
 
@@ -45,7 +45,7 @@ def test_manifest_gives_a_loadable_patient_grouped_dataset(prepared_dataset, pha
                 or patients["validation"] & patients["test"])
     manifest = {row["path"]: row for row in manifest_rows(phantom_dir / "manifest.csv")}
     for split in dataset_dict.values():
-        for source, patient_id, label in zip(split["source"], split["patient_id"], split["label"]):
+        for source, patient_id, label in zip(split["source"], split["patient_id"], split["label"], strict=True):
             assert manifest[source]["patient_id"] == patient_id  # the manifest's pseudonym is kept
             assert CLASS_NAMES[label] == manifest[source]["label"]
     assert sum(len(split) for split in dataset_dict.values()) == len(manifest)
@@ -181,3 +181,18 @@ def test_png_dir_round_trips_through_prepare(phantom_dir, tmp_path):
         assert patients_by_split(first)[name] == patients_by_split(again)[name]  # same patients, same seed
         np.testing.assert_allclose(np.asarray(first[name].with_format("numpy")["image"]),
                                    np.asarray(again[name].with_format("numpy")["image"]), atol=1e-4)
+
+
+def test_mask_resized_around_the_lesion_equals_a_full_resize():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        rows, columns, size = (int(n) for n in rng.integers(40, 520, 3))
+        native = np.zeros((rows, columns), np.uint8)
+        top, left = rng.integers(0, rows), rng.integers(0, columns)
+        native[top:top + rng.integers(1, 40), left:left + rng.integers(1, 40)] = 255
+        full = np.asarray(Image.fromarray(native).resize((size, size), Image.Resampling.BILINEAR))
+        ours = mask_at_size(Image.fromarray(native), size)
+        differs = ours != (full >= 128)
+        assert np.all(np.abs(full[differs].astype(int) - 128) <= 1)  # only ties at the threshold may differ
+        assert ours.sum() > 0 or full.max() < 128
+    assert not mask_at_size(Image.new("L", (64, 48)), 32).any()

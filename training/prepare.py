@@ -28,14 +28,17 @@ from typing import Dict, List, Optional, Tuple
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import torch
+from datasets.features.features import Array2DExtensionType
+from datasets.fingerprint import generate_random_fingerprint
 from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm.auto import tqdm
 
 from modeling import CTImageProcessor
-from modeling.ct_dicom import read_dicom
-from modeling.image_processing_ct import IMAGE_SUFFIXES
+from modeling.ct_dicom import read_ct_hu, read_dicom
+from modeling.image_processing_ct import IMAGE_SUFFIXES, read_image_file
 
 CLASS_NAMES = ["non_metastatic", "metastatic"]
 LABEL_ALIASES = {"non_metastatic": 0, "normal": 0, "0": 0, "metastatic": 1, "cancer": 1, "1": 1}
@@ -111,7 +114,9 @@ def records_from_manifest(manifest: str) -> Tuple[List[Record], List[Tuple[str, 
         reader = csv.DictReader(handle)
         missing = {"path", "label"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{manifest} lacks column(s) {sorted(missing)}; expected path,label[,patient_id][,mask_path]")
+            raise ValueError(
+                f"{manifest} lacks column(s) {sorted(missing)}; expected path,label[,patient_id][,mask_path]"
+            )
         for line, row in enumerate(reader, start=2):
             source = (row.get("path") or "").strip()
             if not source:
@@ -132,23 +137,32 @@ def records_from_manifest(manifest: str) -> Tuple[List[Record], List[Tuple[str, 
     return records, bad
 
 
-def _read_one(record: Record, processor: CTImageProcessor, png_dir: Optional[str], index: int):
+# Per reader process: the processor and the PNG folder, set once by `_init_reader` (not pickled per job).
+_READER: Dict[str, object] = {}
+
+
+def _init_reader(processor: CTImageProcessor, png_dir: Optional[str]) -> None:
+    torch.set_num_threads(1)  # one reader per core: torch's own threads would oversubscribe the pool
+    _READER.update(processor=processor, png_dir=png_dir)
+
+
+def _read_one(record: Record, index: int):
     """Read, window and resize one record. Returns a `Slice` or `(source, reason)`."""
+    processor, png_dir = _READER["processor"], _READER["png_dir"]
     try:
         group_key = record.patient_id and f"manifest:{record.patient_id}"
         if record.path.lower().endswith(IMAGE_SUFFIXES):
-            image = record.path
+            unit = read_image_file(record.path)
             group_key = group_key or f"file:{record.source}"  # no ID in a PNG: the file is its own group
         else:
-            image = read_dicom(record.path)
-            dicom_id = str(image.get("PatientID", "") or "").strip() or str(image.get("StudyInstanceUID", "") or "")
+            ds = read_dicom(record.path)
+            dicom_id = str(ds.get("PatientID", "") or "").strip() or str(ds.get("StudyInstanceUID", "") or "")
             group_key = group_key or (f"dicom:{dicom_id}" if dicom_id else f"file:{record.source}")
-        unit = processor.to_unit_range(image)
-        # Resize the windowed slice with the processor itself: under a [0, 1] "window" it is its own HU.
-        pixels = processor(unit, window_center=0.5, window_width=1.0, do_normalize=False)["pixel_values"]
+            unit = window_in_place(read_ct_hu(ds), processor.window_center, processor.window_width)
+        image = resize_unit(unit, processor.size)
     except (ValueError, OSError) as error:
         return record.source, str(error).splitlines()[0]
-    mask, has_mask = np.zeros(pixels.shape[-2:], np.uint8), False
+    mask, has_mask = np.zeros(image.shape, np.uint8), False
     if record.mask_path:
         try:
             mask = _mask_at_size(record.mask_path, unit.shape, processor.size)
@@ -156,7 +170,24 @@ def _read_one(record: Record, processor: CTImageProcessor, png_dir: Optional[str
         except (ValueError, OSError) as error:
             return record.source, f"mask {os.path.basename(record.mask_path)}: {str(error).splitlines()[0]}"
     png_path = _write_png(png_dir, index, record, unit) if png_dir else None
-    return Slice(record, pixels[0, 0].numpy(), mask, has_mask, group_key, png_path)
+    return Slice(record, image, mask, has_mask, group_key, png_path)
+
+
+def window_in_place(hu: np.ndarray, center: float, width: float) -> np.ndarray:
+    """`apply_window` without its temporaries: `hu` (`float32`, any shape) becomes the window in [0, 1]."""
+    hu -= center - width / 2.0
+    hu /= width
+    return np.clip(hu, 0.0, 1.0, out=hu)
+
+
+def resize_unit(unit: np.ndarray, size: int) -> np.ndarray:
+    """A windowed slice `(h, w)` -> `float32` `(size, size)`, resized exactly as `CTImageProcessor` does."""
+    if unit.shape == (size, size):
+        return unit
+    resized = torch.nn.functional.interpolate(
+        torch.from_numpy(unit)[None, None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return resized[0, 0].clamp_(0.0, 1.0).numpy()
 
 
 def _mask_at_size(path: str, native_shape, size: int) -> np.ndarray:
@@ -164,13 +195,33 @@ def _mask_at_size(path: str, native_shape, size: int) -> np.ndarray:
     if not os.path.isfile(path):
         raise ValueError("missing")
     with Image.open(path) as opened:
-        mask = np.asarray(opened.convert("L")) > 0
-    if mask.shape != tuple(native_shape):
-        raise ValueError(f"shape {mask.shape} differs from the slice's {tuple(native_shape)}")
-    # Antialiased (area-weighted) bilinear resize, then a half threshold, so small lesions keep their
-    # place; PIL's is several times faster than torch's antialiased kernel on one slice.
-    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BILINEAR)
-    return (np.asarray(resized) >= 128).astype(np.uint8)
+        mask = opened.convert("L") if opened.mode != "L" else opened.copy()
+    if mask.size[::-1] != tuple(native_shape):
+        raise ValueError(f"shape {mask.size[::-1]} differs from the slice's {tuple(native_shape)}")
+    return mask_at_size(mask, size)
+
+
+def mask_at_size(mask: Image.Image, size: int) -> np.ndarray:
+    """A binary mask image (mode "L", 0 or 255) -> uint8 `(size, size)`, 1 on the lesion.
+
+    An antialiased (area-weighted) bilinear resize then a half threshold, so small lesions keep their
+    place. Only the lesion's neighbourhood is resized: PIL centres output pixel j of a `box` resize at
+    box_left + (j + 0.5) * scale, so a box on the output grid gives the full resize's values there (up
+    to rounding, which can flip a pixel that sits exactly on the threshold).
+    """
+    out = np.zeros((size, size), np.uint8)
+    bbox = mask.getbbox()
+    if bbox is None:
+        return out
+    scale_x, scale_y = mask.size[0] / size, mask.size[1] / size
+    margin = 2  # output pixels beyond the bilinear support, which reach no lesion pixel
+    x0, y0 = max(int(bbox[0] / scale_x) - margin, 0), max(int(bbox[1] / scale_y) - margin, 0)
+    x1 = min(int(np.ceil(bbox[2] / scale_x)) + margin, size)
+    y1 = min(int(np.ceil(bbox[3] / scale_y)) + margin, size)
+    part = mask.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR,
+                       box=(x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y))
+    out[y0:y1, x0:x1] = np.asarray(part) >= 128
+    return out
 
 
 def _write_png(png_dir: str, index: int, record: Record, unit: np.ndarray) -> str:
@@ -181,12 +232,8 @@ def _write_png(png_dir: str, index: int, record: Record, unit: np.ndarray) -> st
     return relative
 
 
-def _read_worker(args):
-    return _read_one(*args)
-
-
-def _single_threaded():
-    torch.set_num_threads(1)  # one reader per core: torch's own threads would oversubscribe the pool
+def _read_worker(job):
+    return _read_one(*job)
 
 
 def read_all(records: List[Record], processor: CTImageProcessor, png_dir, num_workers: int):
@@ -194,13 +241,18 @@ def read_all(records: List[Record], processor: CTImageProcessor, png_dir, num_wo
     if png_dir:
         for name in CLASS_NAMES:
             os.makedirs(os.path.join(png_dir, name), exist_ok=True)
-    jobs = [(record, processor, png_dir, index) for index, record in enumerate(records)]
+    jobs = [(record, index) for index, record in enumerate(records)]
     bar = dict(total=len(jobs), desc="reading slices", unit="slice")
     if num_workers <= 1:
-        results = [_read_worker(job) for job in tqdm(jobs, **bar)]
+        threads = torch.get_num_threads()
+        _init_reader(processor, png_dir)
+        try:
+            results = [_read_worker(job) for job in tqdm(jobs, **bar)]
+        finally:
+            torch.set_num_threads(threads)
     else:
-        with ProcessPoolExecutor(num_workers, initializer=_single_threaded) as pool:
-            results = list(tqdm(pool.map(_read_worker, jobs, chunksize=8), **bar))
+        with ProcessPoolExecutor(num_workers, initializer=_init_reader, initargs=(processor, png_dir)) as pool:
+            results = list(tqdm(pool.map(_read_worker, jobs, chunksize=16), **bar))
     slices = [result for result in results if isinstance(result, Slice)]
     bad = [result for result in results if not isinstance(result, Slice)]
     return slices, bad
@@ -230,7 +282,7 @@ def split_patients(slices: List[Slice], seed: int) -> Dict[str, List[Slice]]:
         fold_of[test_index] = fold
     split_of_fold = {0: "test", 1: "validation"}
     splits = {name: [] for name in SPLITS}
-    for item, fold in zip(slices, fold_of):
+    for item, fold in zip(slices, fold_of, strict=True):
         splits[split_of_fold.get(fold, "train")].append(item)
     for name, members in splits.items():
         if not members:
@@ -290,21 +342,13 @@ def prepare_dataset(
               f"({counts[1]} metastatic, {counts[0]} non-metastatic); its slices stay in one split")
     splits = split_patients(slices, seed)
 
+    images = {name: np.stack([s.image for s in members]) for name, members in splits.items()}
     dataset_dict = datasets.DatasetDict({
-        name: datasets.Dataset.from_dict({
-            "image": np.stack([s.image for s in members]),
-            "label": [s.record.label for s in members],
-            "patient_id": [pseudonym(s.group_key, salt) for s in members],
-            "source": [s.record.source for s in members],
-            "mask": np.stack([s.mask for s in members]),
-            "has_mask": [s.has_mask for s in members],
-        }, features=features(size))
-        for name, members in splits.items()
+        name: split_dataset(members, images[name], salt) for name, members in splits.items()
     })
     dataset_dict.save_to_disk(output)
 
-    train_pixels = np.stack([s.image for s in splits["train"]])
-    mean, std = float(train_pixels.mean(dtype=np.float64)), float(train_pixels.std(dtype=np.float64))
+    mean, std = float(images["train"].mean(dtype=np.float64)), float(images["train"].std(dtype=np.float64))
     info = {
         "window_center": window_center, "window_width": window_width, "size": size, "seed": seed,
         "image_mean": [mean] * 3, "image_std": [std] * 3,
@@ -327,6 +371,43 @@ def prepare_dataset(
         print(f"{name}: {counts['slices']} slices, {counts['patients']} patients, {counts['positives']} metastatic")
     print(f"saved {output} ({len(bad)} bad file(s), listed in {os.path.join(output, 'bad_files.csv')})")
     return dataset_dict
+
+
+def split_dataset(members: List[Slice], images: np.ndarray, salt: str) -> datasets.Dataset:
+    """One split as a `datasets.Dataset` with `features(size)`; `images` is `float32` `(n, size, size)`.
+
+    The Arrow table is built around the numpy buffers (no per-row conversion, no hashing of the
+    pixels for a fingerprint), so writing costs little more than the bytes themselves.
+    """
+    size = images.shape[-1]
+    table = pa.table({
+        "image": _array2d(images),
+        "label": pa.array([s.record.label for s in members], pa.int64()),
+        "patient_id": pa.array([pseudonym(s.group_key, salt) for s in members], pa.string()),
+        "source": pa.array([s.record.source for s in members], pa.string()),
+        "mask": _array2d(np.stack([s.mask for s in members])),
+        "has_mask": pa.array([s.has_mask for s in members], pa.bool_()),
+    })
+    info = datasets.DatasetInfo(features=features(size))
+    return datasets.Dataset(table, info=info, fingerprint=generate_random_fingerprint())
+
+
+def _array2d(stack: np.ndarray, chunk: int = 1000) -> pa.ChunkedArray:
+    """`(n, rows, columns)` numpy -> the Arrow column of `datasets.Array2D((rows, columns), dtype)`, zero-copy.
+
+    In chunks of `chunk` slices, so that the 32-bit list offsets hold even 512 px slices.
+    """
+    n, rows, columns = stack.shape
+    array_type = Array2DExtensionType((rows, columns), str(stack.dtype))
+    chunks = []
+    for start in range(0, max(n, 1), chunk):
+        part = np.ascontiguousarray(stack[start:start + chunk])
+        count = len(part)
+        row_offsets = pa.array(np.arange(0, count * rows * columns + 1, columns, dtype=np.int32))
+        row_lists = pa.ListArray.from_arrays(row_offsets, pa.array(part.reshape(-1)))
+        slice_offsets = pa.array(np.arange(0, count * rows + 1, rows, dtype=np.int32))
+        chunks.append(pa.ExtensionArray.from_storage(array_type, pa.ListArray.from_arrays(slice_offsets, row_lists)))
+    return pa.chunked_array(chunks, type=array_type)
 
 
 def _write_png_manifest(png_dir: str, splits: Dict[str, List[Slice]], salt: str) -> None:
