@@ -11,13 +11,17 @@ peripancreatic fat:
 - metastatic: enlarged (short axis 20-32 mm, a bulky node, so that a short CPU training run learns it),
   round, irregular margin, no hilum, usually (85 %) a necrotic low-density centre in an enhancing rim.
 
-The node is the only class signal. Body size, fat, organ sizes and contrast vary at random so that the
-mean intensity of a slice, or of the body, does not give the class away (AUC near 0.5), while a small
-CNN learns the node. A patient has several slices (consecutive 5 mm sections with the same anatomy and
-node, slightly changed). The mask of each slice marks its node of interest (the lesion on metastatic
-slices) at native resolution.
+The node is the only class signal. What varies between real scans varies here too, per patient and
+independently of the class, so that a model cannot lean on one geometry and the mean intensity of a
+slice, or of the body, does not give the class away (AUC near 0.5): the field of view (300-500 mm by
+default, i.e. 0.59-0.98 mm pixels at 512 px; at least the body's width plus a margin, as a
+radiographer would set it), where the body lies in it, body size and fat, organ sizes, contrast timing,
+the node's position and the noise level (6-28 HU). A patient has several slices (consecutive 5 mm
+sections with the same anatomy and node, slightly changed). The mask of each slice marks its node of
+interest (the lesion on metastatic slices) at native resolution.
 
     python -m training.phantom OUT --n-per-class N --seed S [--image-size 256] [--slices-per-patient 3]
+                               [--field-of-view-mm 300 500]
 
 writes `OUT/metastatic/*.dcm`, `OUT/non_metastatic/*.dcm`, `OUT/masks/*.png` and `OUT/manifest.csv`
 (path,label,patient_id,mask_path; paths relative to OUT). The same seed gives the same files.
@@ -28,7 +32,7 @@ import csv
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -38,7 +42,8 @@ from tqdm.auto import tqdm
 from training.dicom_writer import deterministic_uid, write_ct_dicom
 
 LABELS = ("non_metastatic", "metastatic")  # index = label, as in the prepared dataset
-FIELD_OF_VIEW_MM = 300.0  # a slim adult abdomen fills it; a wider one would shrink the node
+FIELD_OF_VIEW_MM = (300.0, 500.0)  # abdominal CT reconstructs 300-500 mm: 0.59-0.98 mm pixels at 512 px
+FIELD_OF_VIEW_MARGIN_MM = 30.0  # the field of view is at least the body's width plus this
 SLICE_THICKNESS_MM = 5.0
 
 # Hounsfield units of the tissues (venous phase). Each slice draws its own value around these.
@@ -77,12 +82,16 @@ class Node:
 
 
 class Canvas:
-    """An HU image with painters for the shapes the phantom is made of, in mm coordinates."""
+    """An HU image with painters for the shapes the phantom is made of, in mm from the body's centre.
 
-    def __init__(self, size: int, fov_mm: float = FIELD_OF_VIEW_MM):
+    The body's centre lies `offset_mm` (x, y) from the image centre, as a patient lies off the
+    scanner's isocentre.
+    """
+
+    def __init__(self, size: int, fov_mm: float, offset_mm=(0.0, 0.0)):
         self.spacing = fov_mm / size
         centres = (np.arange(size) - (size - 1) / 2.0) * self.spacing
-        self.y, self.x = np.meshgrid(centres, centres, indexing="ij")
+        self.y, self.x = np.meshgrid(centres - offset_mm[1], centres - offset_mm[0], indexing="ij")
         self.hu = np.full((size, size), HU["air"], dtype=np.float32)
 
     def ellipse(self, cx, cy, rx, ry, angle=0.0) -> np.ndarray:
@@ -97,17 +106,24 @@ class Canvas:
         self.hu[mask] = value
 
 
-def _patient_anatomy(rng: np.random.Generator) -> Dict[str, float]:
-    """Per-patient shape parameters (mm, HU offsets); slices jitter around them."""
+def _patient_anatomy(rng: np.random.Generator, field_of_view_mm=FIELD_OF_VIEW_MM) -> Dict[str, float]:
+    """Per-patient shape and scan parameters (mm, HU offsets); slices jitter around them."""
+    low, high = field_of_view_mm
+    body_rx = min(rng.uniform(110, 170), (high - FIELD_OF_VIEW_MARGIN_MM) / 2)  # the body fits the widest view
+    fov = rng.uniform(min(max(low, 2 * body_rx + FIELD_OF_VIEW_MARGIN_MM), high), high)
+    slack = (fov - 2 * body_rx) / 2  # room around the body, shared out as an off-centre position
     return {
-        "body_rx": rng.uniform(115, 145),
-        "body_ry": rng.uniform(85, 112),
-        "subcutaneous_fat": rng.uniform(8, 35),
+        "fov_mm": fov,
+        "offset_x": rng.uniform(-0.5, 0.5) * slack,
+        "offset_y": rng.uniform(-0.2, 0.5) * slack,  # patients lie low on the table more often than high
+        "body_rx": body_rx,
+        "body_ry": max(80.0, body_rx * rng.uniform(0.68, 0.8)),
+        "subcutaneous_fat": rng.uniform(8, 35) * body_rx / 130,
         "liver_scale": rng.uniform(0.7, 1.3),
         "spleen_scale": rng.uniform(0.6, 1.3),
         "enhancement": rng.uniform(-25, 25),  # contrast timing: shifts vessels and organs together
         "fat_hu": rng.uniform(-115, -80),
-        "noise_sd": rng.uniform(8, 18),
+        "noise_sd": rng.uniform(6, 28),  # low-dose and standard-dose scans
         "n_bowel": int(rng.integers(3, 9)),
         "n_benign_nodes": int(rng.integers(0, 3)),
     }
@@ -124,8 +140,8 @@ def _node(rng: np.random.Generator, metastatic: bool, anatomy: Dict[str, float])
         short = rng.uniform(4, 9)
         long = short * rng.uniform(1.4, 2.0)
         necrosis, amplitude = 0.0, 0.0
-    x = rng.uniform(-30, 40)
-    y = _pancreas_y(anatomy) - 11 - short / 2 - rng.uniform(0, 6)
+    x = rng.uniform(-45, 55)
+    y = _pancreas_y(anatomy) - 11 - short / 2 - rng.uniform(0, 10)
     return Node(x, y, short, long, rng.uniform(0, np.pi), metastatic, necrosis, rng.uniform(0, 2 * np.pi, 3), amplitude)
 
 
@@ -149,7 +165,7 @@ def _paint_node(canvas: Canvas, node: Node, rng: np.random.Generator, node_hu: f
     radius = np.sqrt(u * u + v * v)
     if node.margin_amplitude:  # lobulated, irregular margin from 3 low-frequency harmonics
         theta = np.arctan2(v, u)
-        wobble = sum(np.sin(k * theta + phase) for k, phase in zip((3, 5, 7), node.margin_phases)) / 3
+        wobble = sum(np.sin(k * theta + phase) for k, phase in zip((3, 5, 7), node.margin_phases, strict=True)) / 3
         radius = radius / (1 + node.margin_amplitude * wobble)
     mask = radius <= 1.0
     canvas.paint(mask, node_hu + (15 if node.metastatic else 0))  # viable tumour enhances a little more
@@ -166,7 +182,7 @@ def _paint_node(canvas: Canvas, node: Node, rng: np.random.Generator, node_hu: f
 
 def render_slice(rng: np.random.Generator, anatomy: Dict[str, float], node: Node, size: int):
     """One phantom slice: (HU `float32` `(size, size)`, node mask `bool` `(size, size)`)."""
-    canvas = Canvas(size)
+    canvas = Canvas(size, anatomy["fov_mm"], (anatomy["offset_x"], anatomy["offset_y"]))
     jitter = lambda scale=1.0: rng.normal(1.0, 0.03 * scale)  # noqa: E731 - slice-to-slice change
     enh = anatomy["enhancement"]
     fat = anatomy["fat_hu"]
@@ -195,7 +211,8 @@ def render_slice(rng: np.random.Generator, anatomy: Dict[str, float], node: Node
     liver = canvas.ellipse(-cav_rx * 0.55, -cav_ry * 0.05, cav_rx * 0.45 * anatomy["liver_scale"],
                            cav_ry * 0.6 * anatomy["liver_scale"], 0.3)
     canvas.paint(liver & canvas.ellipse(0, 0, cav_rx, cav_ry), HU["liver"] + enh * 0.6 + rng.normal(0, 4))
-    spleen = canvas.ellipse(cav_rx * 0.68, cav_ry * 0.15, 30 * anatomy["spleen_scale"], 45 * anatomy["spleen_scale"], -0.5)
+    spleen_scale = anatomy["spleen_scale"]
+    spleen = canvas.ellipse(cav_rx * 0.68, cav_ry * 0.15, 30 * spleen_scale, 45 * spleen_scale, -0.5)
     canvas.paint(spleen & canvas.ellipse(0, 0, cav_rx, cav_ry), HU["spleen"] + enh * 0.6)
 
     # Bowel loops in the anterior abdomen: air or oral contrast, with a soft-tissue wall.
@@ -246,15 +263,18 @@ def generate_phantom(
     slices_per_patient: int = 3,
     progress: bool = True,
     num_workers: Optional[int] = None,
+    field_of_view_mm: Tuple[float, float] = FIELD_OF_VIEW_MM,
 ) -> str:
     """Write `n_per_class` slices per class (in patients of `slices_per_patient`) under `out_dir`.
 
     Returns the path of `out_dir/manifest.csv` (path,label,patient_id,mask_path; relative paths).
+    Each patient's field of view is drawn from `field_of_view_mm` (low, high; equal values fix it).
     Patients are written by `num_workers` processes (default: one per CPU); each has its own random
     generator, so the files are the same whatever the number of workers.
     """
     if n_per_class < 1 or slices_per_patient < 1:
         raise ValueError(f"n_per_class and slices_per_patient must be >= 1, got {n_per_class}, {slices_per_patient}")
+    _check_field_of_view(field_of_view_mm)
     out_dir = os.fspath(out_dir)
     for folder in (*LABELS, "masks"):
         os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
@@ -262,33 +282,53 @@ def generate_phantom(
     for label in (1, 0):
         for start in range(0, n_per_class, slices_per_patient):
             jobs.append((label, len(jobs), min(slices_per_patient, n_per_class - start)))
-    rows: List[Dict[str, str]] = []
+    arguments = [(out_dir, seed, label, index, n_slices, image_size, tuple(field_of_view_mm))
+                 for label, index, n_slices in jobs]
     bar = tqdm(total=2 * n_per_class, desc="phantom slices", unit="slice", disable=not progress)
-    num_workers = min(num_workers or os.cpu_count() or 1, len(jobs))
-    arguments = [(out_dir, seed, label, index, n_slices, image_size) for label, index, n_slices in jobs]
+    rows = _run_patients(_write_patient, arguments, num_workers, bar)
+    return _write_manifest(os.path.join(out_dir, "manifest.csv"), rows)
+
+
+def _check_field_of_view(field_of_view_mm) -> None:
+    low, high = field_of_view_mm
+    if not 0 < low <= high:
+        raise ValueError(f"field of view must be 0 < low <= high mm, got {low}, {high}")
+    if high < 2 * 110 + FIELD_OF_VIEW_MARGIN_MM:
+        raise ValueError(f"a field of view of {high} mm is too small for an adult abdomen; use at least 250 mm")
+
+
+def _run_patients(write, arguments: list, num_workers: Optional[int], bar) -> List[Dict[str, str]]:
+    """`write(*args)` for each patient's `args` (in a process pool) -> all manifest rows, in patient order."""
+    rows: List[Dict[str, str]] = []
+    num_workers = min(num_workers or os.cpu_count() or 1, len(arguments))
     if num_workers > 1:
         with ProcessPoolExecutor(num_workers) as pool:
-            for patient_rows in pool.map(_write_patient, *zip(*arguments), chunksize=4):
+            for patient_rows in pool.map(write, *zip(*arguments, strict=True), chunksize=4):
                 rows.extend(patient_rows)
                 bar.update(len(patient_rows))
     else:
         for args in arguments:
-            rows.extend(_write_patient(*args))
-            bar.update(args[4])
+            patient_rows = write(*args)
+            rows.extend(patient_rows)
+            bar.update(len(patient_rows))
     bar.close()
-    manifest = os.path.join(out_dir, "manifest.csv")
-    with open(manifest, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["path", "label", "patient_id", "mask_path"])
+    return rows
+
+
+def _write_manifest(path: str, rows: List[Dict[str, str]]) -> str:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return manifest
+    return path
 
 
-def _write_patient(out_dir, seed, label, patient_index, n_slices, image_size) -> List[Dict[str, str]]:
+def _write_patient(out_dir, seed, label, patient_index, n_slices, image_size, field_of_view_mm):
+    """One patient's slices as DICOM files and mask PNGs -> its manifest rows."""
     # One generator per patient: the files do not depend on the order patients are written in.
     rng = np.random.default_rng([seed, patient_index])
     patient_id = f"PHANTOM-{seed:03d}-{patient_index:04d}"
-    anatomy = _patient_anatomy(rng)
+    anatomy = _patient_anatomy(rng, field_of_view_mm)
     node = _node(rng, bool(label), anatomy)
     study_uid = deterministic_uid("phantom", seed, patient_index, "study")
     series_uid = deterministic_uid("phantom", seed, patient_index, "series")
@@ -303,7 +343,7 @@ def _write_patient(out_dir, seed, label, patient_index, n_slices, image_size) ->
         write_ct_dicom(
             os.path.join(out_dir, dicom_path), hu, patient_id=patient_id, study_uid=study_uid,
             series_uid=series_uid, sop_uid=deterministic_uid("phantom", seed, patient_index, index),
-            instance_number=index + 1, pixel_spacing=(FIELD_OF_VIEW_MM / image_size,) * 2,
+            instance_number=index + 1, pixel_spacing=(anatomy["fov_mm"] / image_size,) * 2,
             slice_thickness=SLICE_THICKNESS_MM, slice_location=index * SLICE_THICKNESS_MM,
         )
         Image.fromarray(mask).save(os.path.join(out_dir, mask_path))  # bool -> a 1-bit PNG, small and quick to read
@@ -318,11 +358,16 @@ def main(argv=None) -> str:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=256, help="native rows = columns (default 256)")
     parser.add_argument("--slices-per-patient", type=int, default=3)
+    parser.add_argument("--field-of-view-mm", type=float, nargs=2, default=FIELD_OF_VIEW_MM, metavar=("LOW", "HIGH"),
+                        help="range of each patient's field of view (default 300 500; pixel spacing = it / image size)")
     parser.add_argument("--num-workers", type=int, help="processes (default: one per CPU)")
     args = parser.parse_args(argv)
-    manifest = generate_phantom(
-        args.out_dir, args.n_per_class, args.seed, args.image_size, args.slices_per_patient, num_workers=args.num_workers
-    )
+    try:
+        manifest = generate_phantom(args.out_dir, args.n_per_class, args.seed, args.image_size,
+                                    args.slices_per_patient, num_workers=args.num_workers,
+                                    field_of_view_mm=args.field_of_view_mm)
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
     print(f"wrote {2 * args.n_per_class} synthetic CT slices and {manifest}")
     return manifest
 
