@@ -5,14 +5,14 @@ next to the file's path and go on.
 """
 
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
 try:  # optional so that remote-code loading works without pydicom; reading DICOM needs it
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut
+    from pydicom.pixels import apply_modality_lut, pixel_array
 except ImportError:  # pragma: no cover - exercised only where pydicom is missing
     pydicom = None
 
@@ -26,14 +26,36 @@ _DECODER_PACKAGES = {
 }
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 
+# The only DICOM attributes ever shown (demo) or kept with a volume: acquisition and encoding, nothing
+# about the patient, the institution, the operators or the dates.
+TECHNICAL_TAGS = {
+    "Modality": "modality",
+    "Rows": "rows",
+    "Columns": "columns",
+    "PixelSpacing": "pixel_spacing_mm",
+    "SliceThickness": "slice_thickness_mm",
+    "KVP": "kvp",
+    "ConvolutionKernel": "convolution_kernel",
+    "Manufacturer": "manufacturer",
+    "ManufacturerModelName": "manufacturer_model",
+    "BodyPartExamined": "body_part",
+    "PhotometricInterpretation": "photometric_interpretation",
+    "BitsStored": "bits_stored",
+    "RescaleSlope": "rescale_slope",
+    "RescaleIntercept": "rescale_intercept",
+}
+
 
 def _require_pydicom():
     if pydicom is None:
         raise ImportError("Reading DICOM needs pydicom: pip install 'pydicom>=3'.")
 
 
-def read_dicom(source) -> "pydicom.Dataset":
-    """A path (any extension or none) or an open `pydicom.Dataset` -> `pydicom.Dataset`."""
+def read_dicom(source, stop_before_pixels: bool = False) -> "pydicom.Dataset":
+    """A path (any extension or none) or an open `pydicom.Dataset` -> `pydicom.Dataset`.
+
+    `stop_before_pixels` reads the header only (grouping a folder into series without its pixels).
+    """
     _require_pydicom()
     if isinstance(source, pydicom.Dataset):
         return source
@@ -43,7 +65,7 @@ def read_dicom(source) -> "pydicom.Dataset":
     if os.path.getsize(path) == 0:
         raise ValueError("empty file (0 bytes)")
     try:
-        return pydicom.dcmread(path)
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError:
         raise ValueError("not a DICOM file (no DICM header)") from None
     except Exception as error:  # noqa: BLE001 - pydicom raises many types on damaged files
@@ -73,7 +95,8 @@ def check_ct_slice(ds: "pydicom.Dataset", frame: Optional[int] = None) -> None:
 def _decode_pixels(ds: "pydicom.Dataset", frame: Optional[int]) -> np.ndarray:
     transfer_syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
-        return ds.pixel_array if frame is None else ds.pixel_array[frame]
+        # `index` decodes that frame alone; `ds.pixel_array[frame]` would decode every frame first
+        return pixel_array(ds, index=frame)
     except (RuntimeError, NotImplementedError) as error:
         if transfer_syntax is not None and transfer_syntax.is_compressed:
             package = next(
@@ -88,19 +111,35 @@ def _decode_pixels(ds: "pydicom.Dataset", frame: Optional[int]) -> np.ndarray:
         raise ValueError(f"pixel data is truncated or corrupt ({type(error).__name__})") from None
 
 
-def _modality_lut_source(ds: "pydicom.Dataset", frame: Optional[int]) -> "pydicom.Dataset":
-    """The dataset that holds RescaleSlope / RescaleIntercept (or a Modality LUT) for `frame`.
+def _functional_group(ds: "pydicom.Dataset", frame: Optional[int], keyword: str):
+    """Enhanced (multi-frame) CT keeps per-frame attributes in functional groups, per frame or shared:
+    the first item of sequence `keyword` for `frame`, or None."""
+    per_frame_then_shared = (("PerFrameFunctionalGroupsSequence", frame or 0), ("SharedFunctionalGroupsSequence", 0))
+    for groups_keyword, index in per_frame_then_shared:
+        groups = ds.get(groups_keyword)
+        if groups and index < len(groups) and groups[index].get(keyword):
+            return groups[index].get(keyword)[0]
+    return None
 
-    Enhanced (multi-frame) CT keeps them in the Pixel Value Transformation functional group, per frame
-    or shared, not at the top level where pydicom's `apply_modality_lut` looks.
+
+def _modality_lut_source(ds: "pydicom.Dataset", frame: Optional[int]) -> "pydicom.Dataset":
+    """The dataset that holds RescaleSlope / RescaleIntercept (or a Modality LUT) for `frame`: the top
+    level, or the Pixel Value Transformation functional group where pydicom's `apply_modality_lut` does not look.
     """
     if "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds:
         return ds
-    for groups_keyword, index in (("PerFrameFunctionalGroupsSequence", frame or 0), ("SharedFunctionalGroupsSequence", 0)):
-        groups = ds.get(groups_keyword)
-        if groups and index < len(groups) and groups[index].get("PixelValueTransformationSequence"):
-            return groups[index].PixelValueTransformationSequence[0]
-    return ds
+    return _functional_group(ds, frame, "PixelValueTransformationSequence") or ds
+
+
+def pixel_spacing_of(ds: "pydicom.Dataset", frame: Optional[int] = None) -> Optional[Tuple[float, float]]:
+    """`(row, column)` pixel spacing in mm from PixelSpacing (or an enhanced CT's Pixel Measures group), or None."""
+    value = ds.get("PixelSpacing")
+    if not value:
+        measures = _functional_group(ds, frame, "PixelMeasuresSequence")
+        value = measures.get("PixelSpacing") if measures is not None else None
+    if not value or len(value) != 2 or not all(float(v) > 0 for v in value):
+        return None
+    return float(value[0]), float(value[1])
 
 
 def read_ct_hu(source, frame: Optional[int] = None) -> np.ndarray:
@@ -113,3 +152,29 @@ def read_ct_hu(source, frame: Optional[int] = None) -> np.ndarray:
     check_ct_slice(ds, frame)
     pixels = _decode_pixels(ds, frame)
     return apply_modality_lut(pixels, _modality_lut_source(ds, frame)).astype(np.float32)
+
+
+def technical_metadata(ds: "pydicom.Dataset") -> dict:
+    """The `TECHNICAL_TAGS` of `ds` (and its transfer syntax) as JSON-friendly values; absent ones are left out."""
+    metadata = {}
+    for keyword, name in TECHNICAL_TAGS.items():
+        value = ds.get(keyword)
+        if value is None or value == "":
+            continue
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            metadata[name] = [_plain(item) for item in value]
+        else:
+            metadata[name] = _plain(value)
+    transfer_syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if transfer_syntax is not None:
+        metadata["transfer_syntax"] = f"{transfer_syntax.name} ({transfer_syntax})"
+    return metadata
+
+
+def _plain(value):
+    """pydicom's DS/IS/str subclasses -> float, int or str."""
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return str(value)

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .image_processing_ct import resize_slice
+
 # `method=` names for pytorch-grad-cam's classes; "gradcam" is the one-pass implementation here.
 LIBRARY_CAM_METHODS = {
     "gradcam++": "GradCAMPlusPlus",
@@ -69,11 +71,6 @@ def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
     low = flat.amin(1).view(-1, 1, 1)
     span = (flat.amax(1) - flat.amin(1)).view(-1, 1, 1)
     return torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
-
-
-def _upsample(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """`(batch, h, w)` -> `(batch, H, W)`, bilinear like pytorch-grad-cam's `cv2.resize`."""
-    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def _forward_with_leaf(model: nn.Module, pixel_values: torch.Tensor, layer: nn.Module):
@@ -183,11 +180,11 @@ def explain(model: nn.Module, pixel_values: torch.Tensor, method: str = "gradcam
         model.train(was_training)
     attention = None
     if spatial is not None:
-        attention = scale_to_unit(_upsample(spatial.detach()[:, 0], size))
+        attention = scale_to_unit(resize_slice(spatial.detach()[:, 0], size))
     return {
         "probability": torch.sigmoid(logits[:, 0].float()),
         "attention": attention,
-        "gradcam": scale_to_unit(_upsample(cam, size)),
+        "gradcam": scale_to_unit(resize_slice(cam, size)),
     }
 
 
@@ -213,7 +210,7 @@ def overlay(unit_slice, heatmap, alpha: float = 0.4, colormap: str = "jet") -> n
     if grey.ndim != 2 or heat.ndim != 2:
         raise ValueError(f"overlay needs 2-D slice and map, got shapes {grey.shape} and {tuple(heat.shape)}")
     if tuple(heat.shape) != grey.shape:
-        heat = _upsample(heat[None], grey.shape)[0]
+        heat = resize_slice(heat, grey.shape)
     heat = np.clip(heat.numpy(), 0.0, 1.0)
     colour = colormaps[colormap](heat)[..., :3]
     blended = (1.0 - alpha) * grey[..., None] + alpha * colour

@@ -1,66 +1,84 @@
-"""Batch inference over CT DICOM files and folders: one CSV row per file, optional explanation PNGs.
+"""Batch inference over CT slices, series folders, zips and NIfTI volumes: one CSV row per slice, one per series.
 
-    python -m modeling.predict PATH... --model M --output CSV [--explain-dir DIR]
+    python -m modeling.predict PATH... --model M --output SLICES.csv [--series-output SERIES.csv] [--explain-dir DIR]
+    accelerate launch -m modeling.predict PATH... --model M --output SLICES.csv --series-output SERIES.csv
 
-Folders are walked recursively and every file is tried as DICOM (DICOMs often have no extension);
-hidden files and DICOMDIR indexes are skipped, anything else that is not a CT slice becomes an
-`error` row with a one-line reason. With `--images`, PNG/JPEG/TIFF files are read as
-already-windowed slices (the paper's export); without it they are refused like any non-DICOM file.
-Exit status: 0 when every file gave a prediction, 1 when some were refused (all rows are still
-written), 2 for usage errors.
+How PATHs are read:
+- Folders are walked recursively and every file is tried as DICOM (DICOMs often have no extension;
+  hidden files and DICOMDIR indexes are skipped). The DICOM files of all PATHs together are grouped
+  into series by SeriesInstanceUID and ordered by position along the slice normal
+  (`modeling.ct_volume`), so a PACS export is scored series by series, and a folder of loose slices
+  from different scans is scored slice by slice as before (each is a series of one).
+- `.zip` files are read as folders of DICOM files; `.nii` / `.nii.gz` files as NIfTI volumes.
+- With `--images`, PNG/JPEG/TIFF files are read as already-windowed slices (the paper's export);
+  without it they are refused like any non-DICOM file.
 
-No patient names or IDs are written: the CSV holds the path as given, and explanation images are
-named by row number and a hash of the path.
+SLICES.csv (`--output`): one row per file or slice: `path,status,probability,label,error,warning,
+explanation,series,slice_index,z_mm`; a file that cannot be used gets `status=error` and a one-line
+reason. SERIES.csv (`--series-output`): one row per volume: `source,series,n_slices,probability,
+top_slice_index,top_z_mm,label,status,error`, where `probability` is the highest of the volume's slices
+and `label` the decision at the model's `decision_threshold`. `--explain-dir` writes, per series, a plot
+of probability against z (series of two slices or more) and slice | attention | Grad-CAM panels of its
+most suspicious slices. Exit status: 0 when everything was scored, 1 when some file or series was
+refused (all rows are still written), 2 for usage errors.
 
-Not imported by the model files: it needs matplotlib and tqdm, which remote code must not.
+Under `accelerate launch`, every process plans the same work, takes its share of the series with
+Accelerate's `split_between_processes`, and the main process gathers the rows (`gather_object`) and
+writes the same files as one process would.
+
+No patient names or IDs are written: the CSVs hold paths as given and a series key (a salted hash,
+never the UID); explanation images are named by the work item's number, the slice index and a hash.
+
+Not imported by the model files: it needs matplotlib, tqdm and accelerate, which remote code must not.
 """
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import os
 import sys
-from typing import Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from .ct_dicom import read_ct_hu, read_dicom
+from .ct_dicom import read_ct_hu
+from .ct_volume import (
+    CTVolume,
+    DicomSeries,
+    find_files,
+    group_dicom_series,
+    is_volume_file,
+    load_dicom_series,
+    read_ct_volumes,
+    skip_warning,
+)
 from .explain import explain, overlay
-from .image_processing_ct import IMAGE_SUFFIXES
+from .image_processing_ct import IMAGE_SUFFIXES, resize_slice
 
-CSV_COLUMNS = ("path", "status", "probability", "label", "error", "warning", "explanation")
+CSV_COLUMNS = (
+    "path", "status", "probability", "label", "error", "warning", "explanation", "series", "slice_index", "z_mm"
+)
+SERIES_COLUMNS = (
+    "source", "series", "n_slices", "probability", "top_slice_index", "top_z_mm", "label", "status", "error"
+)
 NEGATIVE_LABEL = "non_metastatic"
+TOP_SLICES_EXPLAINED = 3
 # Bulk of a calibrated CT slice: air at about -1000 HU up to dense bone and contrast.
 CT_RANGE_HU = (-1100.0, 3500.0)
-SKIPPED_NAMES = ("DICOMDIR",)
 
 
-def find_files(paths: Sequence[str]) -> List[str]:
-    """Files named in `paths` plus every non-hidden file below the folders among them, in a stable order."""
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            for folder, subfolders, names in os.walk(path):
-                subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-                files.extend(
-                    os.path.join(folder, name)
-                    for name in sorted(names)
-                    if not name.startswith(".") and name not in SKIPPED_NAMES
-                )
-        else:
-            files.append(path)
-    return files
-
-
-def hu_warning(ds, hu: np.ndarray) -> str:
+def hu_warning(hu: np.ndarray, rescaled: bool = True) -> str:
     """A one-line warning when the pixel values do not look like calibrated Hounsfield units, else "".
 
-    The constant fill outside the scan circle (often -2048 or -3024 HU) is left out of the check.
+    `rescaled`: whether the file said how to calibrate (RescaleIntercept). The constant fill outside the
+    scan circle (often -2048 or -3024 HU) is left out of the check.
     """
-    if "RescaleIntercept" not in ds and hu.min() >= 0:
+    if not rescaled and hu.min() >= 0:
         return "no RescaleIntercept and no negative values: pixel values may be raw, not calibrated HU"
     body = hu[hu != hu.min()] if hu.min() < CT_RANGE_HU[0] else hu
     if body.size == 0:
@@ -74,25 +92,204 @@ def hu_warning(ds, hu: np.ndarray) -> str:
     return ""
 
 
-def load_slice(path: str, processor, images: bool = False) -> Tuple[torch.Tensor, np.ndarray, str]:
-    """One file -> `(pixel_values (3, S, S), windowed slice (h, w) in [0, 1], warning)`.
+def forward_probabilities(model, pixel_values: torch.Tensor) -> np.ndarray:
+    """One batched forward pass: `(n, 3, S, S)` -> P(metastatic) `(n,)` float64."""
+    with torch.no_grad():
+        logits = model(pixel_values.to(device=model.device, dtype=model.dtype)).logits
+    return torch.sigmoid(logits[:, 0].float()).cpu().numpy().astype(np.float64)
 
-    `images`: read PNG/JPEG/TIFF files as already-windowed slices instead of refusing them.
-    Raises a one-line `ValueError` (or `OSError` for unreadable images) when the file is refused.
+
+def _volume_chunk(volume: CTVolume, start: int, stop: int) -> CTVolume:
+    return dataclasses.replace(volume, hu=volume.hu[start:stop], positions_mm=volume.positions_mm[start:stop])
+
+
+def score_volume(model, processor, volume: CTVolume, batch_size: int = 16) -> np.ndarray:
+    """P(metastatic) of every slice of `volume`, `(slices,)`, in batches of `batch_size` slices.
+
+    The demo and this command score volumes with it, so both give the same numbers.
     """
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix in IMAGE_SUFFIXES and not images:
-        raise ValueError(f"not a DICOM file ({suffix} image; --images reads already-windowed images)")
-    if suffix in IMAGE_SUFFIXES:
-        image = path
+    probabilities = [
+        forward_probabilities(model, processor(_volume_chunk(volume, start, start + batch_size))["pixel_values"])
+        for start in range(0, volume.hu.shape[0], batch_size)
+    ]
+    return np.concatenate(probabilities) if probabilities else np.zeros(0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planning: the same list of work items in every process
+
+
+@dataclass
+class WorkItem:
+    """One piece of work: a DICOM `series`, a `volume_file` (zip or NIfTI), an `image` file, or a file
+    `refused` from its header alone. `source` is the PATH argument (a file's folder for file arguments)."""
+
+    kind: str
+    source: str
+    path: str = ""
+    series: Optional[DicomSeries] = None
+    reason: str = ""
+    index: int = 0
+
+
+def plan_work(paths: Sequence[str], images: bool = False) -> List[WorkItem]:
+    """Find the files under `paths` and group them into work items, in the order of their first file."""
+    files, sources = [], []
+    for path in paths:
+        found = find_files([path])
+        files += found
+        sources += [path if os.path.isdir(path) else (os.path.dirname(path) or ".")] * len(found)
+    first_index: Dict[str, int] = {}
+    for index, path in enumerate(files):
+        first_index.setdefault(path, index)
+    ordered: List[Tuple[int, WorkItem]] = []
+    dicom_files = []
+    for index, (path, source) in enumerate(zip(files, sources, strict=True)):
+        if first_index[path] != index:
+            continue  # named twice (a file and its folder)
+        suffix = os.path.splitext(path)[1].lower()
+        if is_volume_file(path):
+            ordered.append((index, WorkItem("volume_file", path, path=path)))
+        elif suffix in IMAGE_SUFFIXES and images:
+            ordered.append((index, WorkItem("image", source, path=path)))
+        elif suffix in IMAGE_SUFFIXES:
+            reason = f"not a DICOM file ({suffix} image; --images reads already-windowed images)"
+            ordered.append((index, WorkItem("refused", source, path=path, reason=reason)))
+        else:
+            dicom_files.append(path)
+    series, skipped = group_dicom_series(dicom_files)
+    for group in series:
+        first = min(first_index[path] for path in group.paths + [name for name, _ in group.skipped])
+        ordered.append((first, WorkItem("series", sources[first], series=group)))
+    for path, reason in skipped:
+        ordered.append((first_index[path], WorkItem("refused", sources[first_index[path]], path=path, reason=reason)))
+    ordered.sort(key=lambda pair: pair[0])
+    return [dataclasses.replace(item, index=number) for number, (_, item) in enumerate(ordered)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scoring
+
+
+def _slice_row(**values) -> dict:
+    row = dict.fromkeys(CSV_COLUMNS, "")
+    row.update(values)
+    return row
+
+
+def _series_row(**values) -> dict:
+    row = dict.fromkeys(SERIES_COLUMNS, "")
+    row.update(values)
+    return row
+
+
+@dataclass
+class _Volume:
+    """A volume being scored: its slice rows, where its pixels come from, and its probabilities so far."""
+
+    item: WorkItem
+    source: str
+    volume: Optional[CTVolume]  # None for an already-windowed image file
+    rows: List[dict]
+    image_path: str = ""
+    probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    remaining: int = 0
+
+
+@dataclass
+class ItemResult:
+    """What one work item adds to the two CSVs."""
+
+    slice_rows: List[dict] = field(default_factory=list)
+    series_rows: List[dict] = field(default_factory=list)
+    messages: List[str] = field(default_factory=list)
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _open_item(item: WorkItem, processor) -> Tuple[ItemResult, List[_Volume]]:
+    """Read a work item: its refusals as rows, and the volumes (with one row per slice) left to score."""
+    result = ItemResult()
+    if item.kind == "refused":
+        result.slice_rows.append(_slice_row(path=item.path, status="error", error=item.reason))
+        return result, []
+    if item.kind == "image":
+        try:
+            processor.to_unit_range(item.path)
+        except (ValueError, OSError) as error:
+            result.slice_rows.append(_slice_row(path=item.path, status="error", error=_first_line(error)))
+            return result, []
         warning = "image file, not DICOM: read as an already-windowed slice; HU not checked"
-    else:
-        ds = read_dicom(path)
-        image = read_ct_hu(ds)
-        warning = hu_warning(ds, image)
-    unit = processor.to_unit_range(image)
-    pixel_values = processor(image, return_tensors="pt")["pixel_values"][0]
-    return pixel_values, unit, warning
+        result.slice_rows.append(_slice_row(path=item.path, status="ok", warning=warning))
+        return result, [_Volume(item, item.source, None, result.slice_rows[:], image_path=item.path)]
+    try:
+        volumes = [load_dicom_series(item.series)] if item.kind == "series" else read_ct_volumes(item.path)
+    except (ValueError, ImportError) as error:
+        if item.kind == "series":
+            key = item.series.key
+            refusals = [(path, _refusal(path)) for path in item.series.paths] + list(item.series.skipped)
+        else:
+            key, refusals = "", [(item.path, _first_line(error))]
+        result.slice_rows += [
+            _slice_row(path=path, status="error", error=reason, series=key) for path, reason in refusals
+        ]
+        result.series_rows.append(
+            _series_row(source=item.source, series=key, n_slices=0, status="error", error=_first_line(error))
+        )
+        return result, []
+
+    def file_path(name: str) -> str:
+        """A slice's file as the user can find it: DICOM paths as given, zip members inside the zip's path."""
+        if item.kind == "series":
+            return name or item.source  # no single file: a slice across a sagittal or coronal series
+        return os.path.join(item.path, name) if name else item.path
+
+    opened, refusals = [], {}
+    for volume in volumes:
+        rescaled = "rescale_intercept" in volume.technical or volume.technical.get("format") == "NIfTI"
+        skipped_lines = {skip_warning(name, reason) for name, reason in volume.skipped}
+        geometry = [warning for warning in volume.warnings if warning not in skipped_lines]
+        result.messages += [f"{item.source}: series {volume.key}: {warning}" for warning in geometry]
+        rows = []
+        for index, name in enumerate(volume.slice_names):
+            warning = "; ".join(filter(None, [hu_warning(volume.hu[index], rescaled), *geometry]))
+            z_mm = f"{volume.positions_mm[index]:.2f}"
+            rows.append(_slice_row(path=file_path(name), status="ok", warning=warning, series=volume.key,
+                                   slice_index=index, z_mm=z_mm))
+        result.slice_rows += rows
+        opened.append(_Volume(item, item.source, volume, rows))
+        for name, reason in volume.skipped:  # a zip's skipped files are noted in each of its volumes: one row each
+            refusals.setdefault(file_path(name), (reason, volume.key))
+    result.slice_rows += [
+        _slice_row(path=path, status="error", error=reason, series=key) for path, (reason, key) in refusals.items()
+    ]
+    return result, opened
+
+
+def _refusal(path: str) -> str:
+    """Why `path` could not be read as a CT slice (for the rows of a series none of whose slices could)."""
+    try:
+        read_ct_hu(path)
+    except ValueError as error:
+        return _first_line(error)
+    return "not read with its series"
+
+
+def _pixel_chunks(volume: _Volume, processor, chunk: int):
+    """`(first slice index, pixel_values (n, 3, S, S))` over the volume, `chunk` slices at a time."""
+    if volume.volume is None:
+        yield 0, processor(volume.image_path, return_tensors="pt")["pixel_values"]
+        return
+    for start in range(0, volume.volume.hu.shape[0], chunk):
+        yield start, processor(_volume_chunk(volume.volume, start, start + chunk), return_tensors="pt")["pixel_values"]
+
+
+def explanation_name(item_index: int, slice_index: int, path: str) -> str:
+    """PNG name from the work item's number, the slice index and a hash of the path: never a file or folder
+    name, which may hold a patient's."""
+    return f"{item_index:05d}_{slice_index:04d}_{hashlib.sha1(path.encode('utf-8')).hexdigest()[:10]}.png"
 
 
 def explanation_panel(unit: np.ndarray, attention, gradcam, probability: float, min_width: int = 256) -> np.ndarray:
@@ -103,10 +300,7 @@ def explanation_panel(unit: np.ndarray, attention, gradcam, probability: float, 
     """
     if unit.shape[1] < min_width:
         scale = min_width / unit.shape[1]
-        display = Image.fromarray(np.asarray(unit, dtype=np.float32)).resize(
-            (min_width, round(unit.shape[0] * scale)), Image.BILINEAR
-        )
-        unit = np.asarray(display)
+        unit = resize_slice(unit, (round(unit.shape[0] * scale), min_width))
     grey = np.round(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
     panels = [("CT slice", np.repeat(grey[..., None], 3, axis=2))]
     if attention is not None:
@@ -124,91 +318,137 @@ def explanation_panel(unit: np.ndarray, attention, gradcam, probability: float, 
     return np.asarray(canvas)
 
 
-def explanation_name(index: int, path: str) -> str:
-    """PNG name from the row number and a hash of the path: never a file or folder name, which may hold a patient's."""
-    return f"{index:05d}_{hashlib.sha1(path.encode('utf-8')).hexdigest()[:10]}.png"
+def probability_plot(path: str, z_mm: np.ndarray, probabilities: np.ndarray, threshold: float, key: str) -> None:
+    """P(metastatic) against slice position, with the decision threshold, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.2), dpi=100)
+    axes.plot(z_mm, probabilities, marker=".", color="tab:blue", label="slice")
+    axes.axhline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.3f}")
+    top = int(np.argmax(probabilities))
+    axes.plot(z_mm[top], probabilities[top], "o", color="tab:red", label=f"max {probabilities[top]:.3f}")
+    axes.set(xlabel="z (mm, inferior -> superior)", ylabel="P(metastatic)", ylim=(-0.02, 1.02), title=f"series {key}")
+    axes.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
-def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _finish(volume: _Volume, model, processor, threshold: float, positive_label: str, explain_dir: Optional[str]):
+    """Fill a scored volume's rows, its series row, and its explanations."""
+    probabilities = volume.probabilities
+
+    def label(probability: float) -> str:
+        return positive_label if probability >= threshold else NEGATIVE_LABEL
+
+    for row, probability in zip(volume.rows, probabilities, strict=True):
+        row.update(probability=f"{probability:.6f}", label=label(probability))
+    top = int(np.argmax(probabilities))
+    series_row = None
+    if volume.volume is not None:
+        z_mm = volume.volume.positions_mm
+        series_row = _series_row(
+            source=volume.source, series=volume.volume.key, n_slices=len(probabilities),
+            probability=f"{probabilities[top]:.6f}", top_slice_index=top, top_z_mm=f"{z_mm[top]:.2f}",
+            label=label(probabilities[top]), status="ok",
+        )
+    if explain_dir:
+        top_slices = [int(k) for k in np.argsort(-probabilities, kind="stable")[:TOP_SLICES_EXPLAINED]]
+        if volume.volume is None:
+            units = [processor.to_unit_range(volume.image_path)]
+            pixel_values = processor(volume.image_path, return_tensors="pt")["pixel_values"]
+        else:
+            units = [processor.to_unit_range(volume.volume.hu[k]) for k in top_slices]
+            subset = dataclasses.replace(volume.volume, hu=volume.volume.hu[top_slices])
+            pixel_values = processor(subset, return_tensors="pt")["pixel_values"]
+        maps = explain(model, pixel_values)
+        for position, k in enumerate(top_slices):
+            row = volume.rows[k]
+            row["explanation"] = explanation_name(volume.item.index, k, row["path"])
+            attention = maps["attention"][position] if maps["attention"] is not None else None
+            panel = explanation_panel(units[position], attention, maps["gradcam"][position], probabilities[k])
+            Image.fromarray(panel).save(os.path.join(explain_dir, row["explanation"]))
+        if volume.volume is not None and len(probabilities) > 1:
+            name = f"{volume.item.index:05d}_{volume.volume.key}_probability.png"
+            probability_plot(os.path.join(explain_dir, name), volume.volume.positions_mm, probabilities, threshold,
+                             volume.volume.key)
+    volume.volume = None  # the HU are no longer needed
+    return series_row
 
 
-def predict_files(
-    files: Sequence[str],
+def predict_items(
+    items: Sequence[WorkItem],
     model,
     processor,
-    output: str,
     explain_dir: Optional[str] = None,
     batch_size: int = 16,
-    images: bool = False,
-) -> Tuple[int, int]:
-    """Predict every file, writing one CSV row each to `output` as it goes; returns `(n_ok, n_error)`."""
+    progress: bool = True,
+) -> List[ItemResult]:
+    """Score work items; slices of consecutive items share forward passes of `batch_size` slices."""
     threshold = float(model.config.decision_threshold)
     positive_label = model.config.id2label[0]
     if explain_dir:
         os.makedirs(explain_dir, exist_ok=True)
-    n_ok = n_error = 0
-    with open(output, "w", newline="") as handle, tqdm(total=len(files), desc="predict", unit="file") as progress:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+    results: List[ItemResult] = []
+    open_volumes: List[Tuple[ItemResult, _Volume]] = []
+    pending: List[Tuple[_Volume, int, torch.Tensor]] = []
+
+    def run_batch():
+        probabilities = forward_probabilities(model, torch.stack([pixels for _, _, pixels in pending]))
+        for (volume, index, _), probability in zip(pending, probabilities, strict=True):
+            volume.probabilities[index] = probability
+            volume.remaining -= 1
+        pending.clear()
+        while open_volumes and open_volumes[0][1].remaining == 0:  # finish in order, as soon as scored
+            result, volume = open_volumes.pop(0)
+            series_row = _finish(volume, model, processor, threshold, positive_label, explain_dir)
+            if series_row is not None:
+                result.series_rows.append(series_row)
+
+    for item in tqdm(items, desc="predict", unit="item", disable=not progress):
+        result, volumes = _open_item(item, processor)
+        results.append(result)
+        for message in result.messages:
+            print(message, file=sys.stderr)
+        for volume in volumes:
+            volume.probabilities = np.zeros(len(volume.rows))
+            volume.remaining = len(volume.rows)
+            open_volumes.append((result, volume))
+            for start, pixel_values in _pixel_chunks(volume, processor, batch_size):
+                for offset, pixels in enumerate(pixel_values):
+                    pending.append((volume, start + offset, pixels))
+                    if len(pending) == batch_size:
+                        run_batch()
+    if pending:
+        run_batch()
+    return results
+
+
+def write_csv(path: str, columns: Sequence[str], rows: Sequence[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        index = 0
-        for batch in _batches(files, batch_size):
-            rows, loaded = [], []
-            for path in batch:
-                row = dict.fromkeys(CSV_COLUMNS, "")
-                row.update(path=path)
-                try:
-                    pixel_values, unit, warning = load_slice(path, processor, images)
-                except (ValueError, OSError) as error:
-                    row.update(status="error", error=str(error).splitlines()[0] or type(error).__name__)
-                else:
-                    row.update(status="ok", warning=warning)
-                    loaded.append((index + len(rows), row, pixel_values, unit))
-                rows.append(row)
-            if loaded:
-                pixel_values = torch.stack([item[2] for item in loaded])
-                if explain_dir:
-                    maps = explain(model, pixel_values)
-                    probabilities = maps["probability"].cpu()
-                else:
-                    with torch.no_grad():
-                        logits = model(pixel_values.to(device=model.device, dtype=model.dtype)).logits
-                    probabilities = torch.sigmoid(logits[:, 0].float()).cpu()
-                for position, (row_number, row, _, unit) in enumerate(loaded):
-                    probability = float(probabilities[position])
-                    row.update(
-                        probability=f"{probability:.6f}",
-                        label=positive_label if probability >= threshold else NEGATIVE_LABEL,
-                    )
-                    if explain_dir:
-                        row["explanation"] = explanation_name(row_number, row["path"])
-                        attention = maps["attention"][position] if maps["attention"] is not None else None
-                        panel = explanation_panel(unit, attention, maps["gradcam"][position], probability)
-                        Image.fromarray(panel).save(os.path.join(explain_dir, row["explanation"]))
-            for row in rows:
-                writer.writerow(row)
-                n_ok += row["status"] == "ok"
-                n_error += row["status"] == "error"
-            handle.flush()
-            index += len(rows)
-            progress.update(len(rows))
-    return n_ok, n_error
+        writer.writerows(rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m modeling.predict",
-        description="P(metastatic lymph node) for CT DICOM slices in files and folders, as a CSV.",
+        description="P(metastatic lymph node) for CT slices, series, zips and NIfTI volumes, as CSVs.",
     )
     parser.add_argument(
-        "paths", nargs="+", metavar="PATH", help="DICOM files (any extension) or folders, walked recursively"
+        "paths", nargs="+", metavar="PATH",
+        help="DICOM files (any extension) or folders (walked recursively), .zip of DICOMs, .nii / .nii.gz volumes",
     )
     parser.add_argument("--model", required=True, help="a saved model folder (RUN/best) or a Hugging Face Hub id")
+    parser.add_argument("--output", required=True, help="CSV to write, one row per slice: " + ",".join(CSV_COLUMNS))
+    parser.add_argument("--series-output", help="CSV to write, one row per series: " + ",".join(SERIES_COLUMNS))
     parser.add_argument(
-        "--output", required=True, help="CSV to write: path,status,probability,label,error,warning,explanation"
+        "--explain-dir", help="write per series a probability-vs-z plot and slice | attention | Grad-CAM PNGs here"
     )
-    parser.add_argument("--explain-dir", help="write slice | attention | Grad-CAM PNGs here, one per predicted file")
     parser.add_argument(
         "--images", action="store_true", help="also read PNG/JPEG/TIFF as already-windowed slices (HU not checked)"
     )
@@ -225,22 +465,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     missing = [path for path in args.paths if not os.path.exists(path)]
     if missing:
         parser.error(f"no such file or folder: {', '.join(missing)}")
-    files = find_files(args.paths)
-    if not files:
-        parser.error("no files found in the given folders")
 
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+    state = PartialState()
+    items = plan_work(args.paths, args.images)
+    if not items:
+        parser.error("no files found in the given folders")
     try:
         model = AutoModelForImageClassification.from_pretrained(args.model, trust_remote_code=True)
         processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=True)
     except (OSError, ValueError) as error:
         parser.error(f"cannot load model {args.model!r}: {str(error).splitlines()[0]}")
-    model.to(args.device).eval()
+    model.to(state.device if state.num_processes > 1 else args.device).eval()
 
-    n_ok, n_error = predict_files(files, model, processor, args.output, args.explain_dir, args.batch_size, args.images)
-    print(f"{n_ok} predicted, {n_error} refused; wrote {args.output}", file=sys.stderr)
-    return 1 if n_error else 0
+    with state.split_between_processes(items) as share:
+        results = predict_items(share, model, processor, args.explain_dir, args.batch_size, state.is_main_process)
+    if state.num_processes > 1:
+        results = gather_object(results)  # each process's list, concatenated in process order = item order
+    slice_rows = [row for result in results for row in result.slice_rows]
+    series_rows = [row for result in results for row in result.series_rows]
+    n_ok = sum(row["status"] == "ok" for row in slice_rows)
+    n_error = len(slice_rows) - n_ok
+    if state.is_main_process:
+        write_csv(args.output, CSV_COLUMNS, slice_rows)
+        if args.series_output:
+            write_csv(args.series_output, SERIES_COLUMNS, series_rows)
+        written = f"{args.output}" + (f" and {args.series_output}" if args.series_output else "")
+        print(f"{n_ok} predicted, {n_error} refused, {len(series_rows)} series; wrote {written}", file=sys.stderr)
+    state.wait_for_everyone()
+    return 1 if n_error or any(row["status"] == "error" for row in series_rows) else 0
 
 
 if __name__ == "__main__":

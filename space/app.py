@@ -35,7 +35,7 @@ import gradio as gr  # noqa: E402
 from gradio.components.label import LabelData  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 
-from modeling.ct_dicom import read_ct_hu, read_dicom  # noqa: E402
+from modeling.ct_dicom import read_ct_hu, read_dicom, technical_metadata  # noqa: E402
 from modeling.explain import explain, overlay  # noqa: E402
 
 QUICKSTART_MODEL = HERE.parent / "quickstart_output" / "run" / "best"
@@ -44,25 +44,6 @@ MAX_FILE_SIZE = "20mb"
 CONCURRENCY_LIMIT = 2  # requests computed at once; the rest wait in the queue
 QUEUE_SIZE = 16  # waiting requests beyond this are refused, so a burst cannot exhaust memory
 METASTATIC, NON_METASTATIC = "metastatic", "non-metastatic"
-
-# The only DICOM attributes ever shown: acquisition and encoding, nothing about the patient,
-# the institution, the operators or the dates.
-TECHNICAL_TAGS = {
-    "Modality": "modality",
-    "Rows": "rows",
-    "Columns": "columns",
-    "PixelSpacing": "pixel_spacing_mm",
-    "SliceThickness": "slice_thickness_mm",
-    "KVP": "kvp",
-    "ConvolutionKernel": "convolution_kernel",
-    "Manufacturer": "manufacturer",
-    "ManufacturerModelName": "manufacturer_model",
-    "BodyPartExamined": "body_part",
-    "PhotometricInterpretation": "photometric_interpretation",
-    "BitsStored": "bits_stored",
-    "RescaleSlope": "rescale_slope",
-    "RescaleIntercept": "rescale_intercept",
-}
 
 NOTICE = (
     "**Research use only. Not a medical device**: not for diagnosis or treatment decisions. "
@@ -73,32 +54,6 @@ NO_MODEL_HELP = """**No model is configured.** Point the demo at a trained model
 - `python space/app.py --model RUN/best` (a folder written by `training.train`);
 - `MODEL_ID=<Hub id or folder> python space/app.py` (with `MODEL_REVISION=<commit>` to pin a Hub model);
 - `make demo` (trains on the phantom, then serves `quickstart_output/run/best`)."""
-
-
-def technical_metadata(ds) -> dict:
-    """The allow-listed technical attributes of `ds` as JSON-friendly values; absent ones are left out."""
-    metadata = {}
-    for keyword, name in TECHNICAL_TAGS.items():
-        value = ds.get(keyword)
-        if value is None or value == "":
-            continue
-        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-            metadata[name] = [_plain(item) for item in value]
-        else:
-            metadata[name] = _plain(value)
-    transfer_syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
-    if transfer_syntax is not None:
-        metadata["transfer_syntax"] = f"{transfer_syntax.name} ({transfer_syntax})"
-    return metadata
-
-
-def _plain(value):
-    """pydicom's DS/IS/str subclasses -> float, int or str."""
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    return str(value)
 
 
 def _upload_folder() -> Path:

@@ -101,6 +101,18 @@ def test_multi_frame_needs_a_chosen_frame():
     np.testing.assert_array_equal(read_ct_hu(ds, frame=1), second)
 
 
+def test_one_frame_is_decoded_without_decoding_the_others(monkeypatch):
+    """An enhanced CT holds hundreds of frames: `ds.pixel_array` decodes them all, so it must not be used."""
+    ds, second = _two_frames()
+
+    def every_frame(self):
+        raise AssertionError("ds.pixel_array decodes every frame")
+
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(every_frame))
+    np.testing.assert_array_equal(read_ct_hu(ds, frame=1), second)
+    np.testing.assert_array_equal(read_ct_hu(ds, frame=0), HU)
+
+
 def test_missing_decoder_names_the_transfer_syntax_and_the_package(tmp_path, monkeypatch):
     hu = np.tile(HU, (8, 8))  # OpenJPEG refuses images too small for its resolution levels
     ds = ct_dataset(hu, rescale_intercept=0.0, signed=True)

@@ -12,7 +12,9 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from modeling import CTImageProcessor, apply_window
 from modeling.ct_dicom import read_ct_hu
-from training.dicom_writer import ct_dataset, write_ct_dicom
+from modeling.ct_volume import read_ct_volumes
+from modeling.image_processing_ct import resize_slice
+from training.dicom_writer import ct_dataset, write_ct_dicom, write_ct_series
 
 # Window 60 / 400 is [-140, 260] HU.
 HU_AND_WINDOW = [(-1000, 0.0), (-140, 0.0), (-40, 0.25), (60, 0.5), (160, 0.75), (260, 1.0), (1000, 1.0)]
@@ -40,7 +42,7 @@ UNIT = CTImageProcessor(do_resize=False, do_normalize=False)
 
 
 def test_apply_window_at_hand_picked_hounsfield_units():
-    hu, expected = zip(*HU_AND_WINDOW)
+    hu, expected = zip(*HU_AND_WINDOW, strict=True)
     np.testing.assert_allclose(apply_window(np.array(hu), 60, 400), expected, atol=1e-7)
     np.testing.assert_allclose(apply_window(np.array([-160.0, 40.0]), center=40, width=80), [0.0, 0.5])
 
@@ -160,7 +162,8 @@ def test_pydicom_jpeg2000_ct_agrees_across_two_decoders():
     path = _bundled("693_J2KI.dcm")
     ds = pydicom.dcmread(path)
     assert ds.file_meta.TransferSyntaxUID.name == "JPEG 2000 Image Compression"
-    hu = pixel_array(ds, decoding_plugin="pillow").astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    stored = pixel_array(ds, decoding_plugin="pillow").astype(np.float64)
+    hu = stored * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     np.testing.assert_array_equal(read_ct_hu(path), hu)
     np.testing.assert_allclose(_unit(UNIT(path)), _window(hu), atol=1e-6)
 
@@ -188,8 +191,72 @@ def test_unsupported_inputs_get_one_line_reasons():
 
 
 def test_processor_json_round_trip(tmp_path):
-    processor = CTImageProcessor(window_center=40, window_width=350, size=96, image_mean=[0.2] * 3, image_std=[0.3] * 3)
+    processor = CTImageProcessor(
+        window_center=40, window_width=350, size=96, image_mean=[0.2] * 3, image_std=[0.3] * 3, pixel_spacing_mm=0.9
+    )
     processor.save_pretrained(tmp_path)
     loaded = CTImageProcessor.from_pretrained(tmp_path)
-    for field in ("window_center", "window_width", "size", "do_resize", "do_normalize", "image_mean", "image_std"):
+    fields = ("window_center", "window_width", "size", "do_resize", "do_normalize", "image_mean", "image_std")
+    assert loaded.pixel_spacing_mm == 0.9
+    for field in fields:
         assert getattr(loaded, field) == getattr(processor, field), field
+
+
+def test_resize_slice_bilinear_at_hand_computed_values():
+    # enlarging 1 x 2 -> 1 x 4 (align_corners=False): samples at x = -0.25, 0.25, 0.75, 1.25, clamped at the edges
+    np.testing.assert_allclose(resize_slice(np.array([[0.0, 1.0]]), (1, 4)), [[0.0, 0.25, 0.75, 1.0]])
+    # shrinking 1 x 4 -> 1 x 2 (antialiased): a triangle of half-width 2 around x = 0.5 and 2.5 weighs the
+    # pixels 0.75, 0.75, 0.25 (the edge cuts the rest), i.e. (0 * 0.75 + 1 * 0.75 + 2 * 0.25) / 1.75 = 5 / 7
+    np.testing.assert_allclose(resize_slice(np.array([[0.0, 1.0, 2.0, 3.0]]), (1, 2)), [[5 / 7, 16 / 7]], atol=1e-6)
+    batch = torch.zeros(2, 3, 5, 7)
+    assert resize_slice(batch, (4, 4)).shape == (2, 3, 4, 4)
+
+
+def _scan(field_of_view_mm: float, pixels: int) -> np.ndarray:
+    """The same smooth anatomy (a body and an off-centre node) sampled at a given field of view, in HU."""
+    centres = (np.arange(pixels) + 0.5) * field_of_view_mm / pixels - field_of_view_mm / 2
+    y, x = np.meshgrid(centres, centres, indexing="ij")
+    body = 1040.0 * np.exp(-(x**2 + y**2) / (2 * 70.0**2))
+    node = 250.0 * np.exp(-((x - 25.0) ** 2 + (y + 30.0) ** 2) / (2 * 8.0**2))
+    return -1000.0 + body + node
+
+
+def test_same_anatomy_at_two_fields_of_view_gives_the_same_pixels_once_resampled():
+    """240 and 360 mm fields of view on 400 px (0.6 and 0.9 mm): at 1.2 mm per pixel the model sees the
+    same millimetres, while the paper's whole-slice resize shows the anatomy at two sizes."""
+    small, large = _scan(240.0, 400), _scan(360.0, 400)
+    processor = CTImageProcessor(size=160, do_normalize=False, pixel_spacing_mm=1.2)
+    first = processor(small, pixel_spacing=(0.6, 0.6))["pixel_values"][0, 0]
+    second = processor(large, pixel_spacing=(0.9, 0.9))["pixel_values"][0, 0]
+    assert first.shape == (160, 160)
+    assert (first - second).abs().max() < 0.02
+    whole = CTImageProcessor(size=160, do_normalize=False)
+    assert (whole(small)["pixel_values"][0, 0] - whole(large)["pixel_values"][0, 0]).abs().max() > 0.2
+
+
+def test_resampling_pads_with_air_and_needs_a_spacing(tmp_path):
+    hu = np.full((10, 10), 260.0)  # 10 mm at 1 mm per pixel
+    processor = CTImageProcessor(size=32, do_normalize=False, pixel_spacing_mm=0.5)
+    unit = processor(hu, pixel_spacing=(1.0, 1.0))["pixel_values"][0, 0].numpy()
+    expected = np.zeros((32, 32))
+    expected[6:26, 6:26] = 1.0  # 20 px of window top in the middle, air (window bottom) around
+    np.testing.assert_allclose(unit, expected, atol=1e-6)
+    with pytest.raises(ValueError, match=r"^pixel_spacing_mm=0.5 needs the image's pixel spacing: .*"):
+        processor(hu)
+    path = write_ct_dicom(tmp_path / "slice.dcm", hu, pixel_spacing=(1.0, 1.0))
+    np.testing.assert_allclose(processor(path)["pixel_values"][0, 0].numpy(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="must be positive or None"):
+        CTImageProcessor(pixel_spacing_mm=0)
+
+
+def test_a_volume_gives_all_its_slices_in_order_like_slice_by_slice(tmp_path):
+    hu = np.random.default_rng(0).normal(0.0, 200.0, (4, 30, 40))
+    write_ct_series(tmp_path, hu, (2.0, 0.75, 0.75), scramble=0)
+    [volume] = read_ct_volumes(tmp_path)
+    for spacing in (None, 1.0):
+        processor = CTImageProcessor(size=32, pixel_spacing_mm=spacing)
+        pixels = processor(volume, return_tensors="np")["pixel_values"]
+        assert isinstance(pixels, np.ndarray) and pixels.shape == (4, 3, 32, 32)
+        # the written slices, in display order, one call each
+        one_by_one = [processor(s, pixel_spacing=(0.75, 0.75))["pixel_values"][0].numpy() for s in np.round(hu)]
+        np.testing.assert_allclose(pixels, np.stack(one_by_one), atol=1e-6)

@@ -83,7 +83,9 @@ def test_mixed_folder_gives_a_row_per_file_errors_for_bad_ones_and_exit_status_1
 
     assert status == 1
     rows = read_rows(output)
-    assert list(rows[0]) == ["path", "status", "probability", "label", "error", "warning", "explanation"]
+    assert list(rows[0]) == [
+        "path", "status", "probability", "label", "error", "warning", "explanation", "series", "slice_index", "z_mm"
+    ]
     by_name = {Path(row["path"]).relative_to(mixed_folder).as_posix(): row for row in rows}
     assert list(by_name) == ["a.dcm", "mr.dcm", "notes.txt", "truncated.dcm", "series/IM0001"]
     assert by_name["mr.dcm"]["error"] == "modality is MR, not CT"
@@ -177,19 +179,19 @@ def test_a_folder_that_is_not_a_model_is_a_usage_error(mixed_folder, tmp_path, c
 
 def test_hu_warning_flags_uncalibrated_values_and_ignores_padding():
     hu = slice_hu(0)
-    assert hu_warning(ct_dataset(hu), hu) == ""
+    assert hu_warning(hu) == ""
 
     raw = ct_dataset(hu)  # stored values (HU + 1024) without the tags that calibrate them
     del raw.RescaleIntercept, raw.RescaleSlope
-    assert hu_warning(raw, read_ct_hu(raw)).startswith("no RescaleIntercept and no negative values")
+    assert hu_warning(read_ct_hu(raw), rescaled=False).startswith("no RescaleIntercept and no negative values")
 
     wrong_slope = ct_dataset(hu)
     wrong_slope.RescaleSlope = 25  # stored values around 1000 now read as about 25 000 HU
-    assert hu_warning(wrong_slope, read_ct_hu(wrong_slope)).endswith("HU: check RescaleSlope/RescaleIntercept")
+    assert hu_warning(read_ct_hu(wrong_slope)).endswith("HU: check RescaleSlope/RescaleIntercept")
 
     padded = hu.copy()
     padded[:, :30] = -3024.0  # the constant fill outside the scan circle is not a calibration problem
-    assert hu_warning(ct_dataset(padded, signed=True), padded) == ""
+    assert hu_warning(padded) == ""
 
 
 def test_command_line_entry_point_on_a_mixed_folder(mixed_folder, model_dir, tmp_path):
