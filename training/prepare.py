@@ -1,18 +1,24 @@
-"""CT slices and labels -> a patient-grouped, label-stratified `datasets.DatasetDict` on disk.
+"""CT slices and volumes with labels -> a patient-grouped, label-stratified `datasets.DatasetDict` on disk.
 
-    python -m training.prepare INPUT --output DS [--png-dir DIR] [--size 224] [--seed 0]
+    python -m training.prepare INPUT --output DS [--png-dir DIR] [--size 224] [--pixel-spacing-mm X] [--seed 0]
 
 INPUT is a folder with one sub-folder per class (`metastatic`/`non_metastatic`, or the paper's
-`cancer`/`normal`) or a CSV manifest `path,label[,patient_id][,mask_path]` (paths relative to the CSV;
-labels as class names or 0/1). Files are DICOM (any extension) or already-windowed PNG/JPEG/TIFF.
+`cancer`/`normal`) or a CSV manifest `path,label[,patient_id][,mask_path][,slices]` (paths relative to
+the CSV; labels as class names or 0/1). A `path` is a slice, DICOM (any extension) or already-windowed
+PNG/JPEG/TIFF with an optional mask image of the same size, or a volume: a DICOM series folder, a zip
+of one, or a NIfTI file. A volume row needs a `mask_path` (a NIfTI mask on the volume's grid: the
+slices where it is non-empty are used, each with its own lesion mask) or `slices` (`12-18` or
+`12,14,15`: indices from inferior to superior, as `modeling.ct_volume` orders them), or both.
 
-Each slice goes through the model's own `CTImageProcessor` (HU, window, resize), so training sees what
+Each slice is windowed and resized exactly as the model's `CTImageProcessor` does (with
+`--pixel-spacing-mm`, resampled to that spacing and cropped/padded to `--size`), so training sees what
 inference sees. Splits (66.7/16.7/16.7) are stratified by label and grouped by patient: `patient_id`
-from the manifest, else the DICOM PatientID, else the StudyInstanceUID. IDs read from DICOM are stored
-only as salted hashes, never as read.
+from the manifest, else the DICOM PatientID, else the StudyInstanceUID (a volume row without one is
+its own patient). IDs read from DICOM are stored only as salted hashes, never as read.
 
-Writes `DS/` (`save_to_disk`), `DS/prepare_info.json` (window, size, seed, train mean/std, counts) and
-`DS/bad_files.csv` (path,reason): every file that could not be used is listed there and on screen.
+Writes `DS/` (`save_to_disk`), `DS/prepare_info.json` (window, size, pixel spacing, seed, train
+mean/std, counts) and `DS/bad_files.csv` (path,reason): every file or row that could not be used is
+listed there and on screen.
 """
 
 import argparse
@@ -23,7 +29,7 @@ import os
 import secrets
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
 import datasets
@@ -37,8 +43,16 @@ from sklearn.model_selection import StratifiedGroupKFold
 from tqdm.auto import tqdm
 
 from modeling import CTImageProcessor
-from modeling.ct_dicom import read_ct_hu, read_dicom
-from modeling.image_processing_ct import IMAGE_SUFFIXES, read_image_file
+from modeling.ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom
+from modeling.ct_volume import is_volume_file, read_ct_volumes
+from modeling.image_processing_ct import (
+    AIR_HU,
+    IMAGE_SUFFIXES,
+    apply_window,
+    read_image_file,
+    resample_to_spacing,
+    resize_slice,
+)
 
 CLASS_NAMES = ["non_metastatic", "metastatic"]
 LABEL_ALIASES = {"non_metastatic": 0, "normal": 0, "0": 0, "metastatic": 1, "cancer": 1, "1": 1}
@@ -48,13 +62,21 @@ N_FOLDS = 6  # one fold test, one validation, four train: 16.7 / 16.7 / 66.7 %
 
 @dataclass
 class Record:
-    """One input slice before reading. `patient_id` is None unless a manifest gave one."""
+    """One input before reading: a slice, or a volume (series folder, zip, NIfTI) with the slices to use.
+
+    `patient_id` is None unless a manifest gave one; `slices` is a volume row's `slices` column as given.
+    """
 
     source: str  # as given (relative to the manifest or the input folder)
     path: str  # absolute path used for reading
     label: int
     patient_id: Optional[str] = None
     mask_path: Optional[str] = None
+    slices: Optional[str] = None
+
+    @property
+    def is_volume(self) -> bool:
+        return os.path.isdir(self.path) or is_volume_file(self.path)
 
 
 @dataclass
@@ -115,26 +137,57 @@ def records_from_manifest(manifest: str) -> Tuple[List[Record], List[Tuple[str, 
         missing = {"path", "label"} - set(reader.fieldnames or [])
         if missing:
             raise ValueError(
-                f"{manifest} lacks column(s) {sorted(missing)}; expected path,label[,patient_id][,mask_path]"
+                f"{manifest} lacks column(s) {sorted(missing)}; expected path,label[,patient_id][,mask_path][,slices]"
             )
         for line, row in enumerate(reader, start=2):
             source = (row.get("path") or "").strip()
             if not source:
                 bad.append((f"{manifest}:{line}", "empty path"))
                 continue
-            path = os.path.join(base, source)
             try:
                 label = parse_label(row.get("label", ""))
             except ValueError as error:
                 bad.append((source, str(error)))
                 continue
-            if not os.path.isfile(path):
+            path = os.path.join(base, source)
+            if not os.path.exists(path):
                 bad.append((source, "listed in the manifest but missing"))
                 continue
             mask = (row.get("mask_path") or "").strip()
-            mask_path = os.path.join(base, mask) if mask else None
-            records.append(Record(source, path, label, (row.get("patient_id") or "").strip() or None, mask_path))
+            record = Record(source, path, label, (row.get("patient_id") or "").strip() or None,
+                            os.path.join(base, mask) if mask else None, (row.get("slices") or "").strip() or None)
+            reason = _row_refusal(record)
+            if reason:
+                bad.append((source, reason))
+            else:
+                records.append(record)
     return records, bad
+
+
+def _row_refusal(record: Record) -> Optional[str]:
+    """Why a manifest row cannot be read as given, or None."""
+    if record.is_volume:
+        if not (record.mask_path or record.slices):
+            return "a volume row needs a mask_path (a NIfTI mask on the same grid) or slices (12-18 or 12,14,15)"
+    elif record.slices:
+        return "a slices column applies to volumes (series folder, zip, NIfTI), not to one slice"
+    elif os.path.isdir(record.path):
+        return "a folder; only volume rows may name one"
+    return None
+
+
+def parse_slices(text: str, n_slices: int) -> List[int]:
+    """A `slices` value (`12-18`, `12,14,15`, or both: `3-5,9`) -> sorted indices into `n_slices` slices."""
+    indices = set()
+    for part in text.replace(" ", "").split(","):
+        first, _, last = part.partition("-")
+        if not (first.isdigit() and (last.isdigit() or not last)):
+            raise ValueError(f"slices {text!r}: expected indices such as 12-18 or 12,14,15")
+        first, last = int(first), int(last or first)
+        if first > last or last >= n_slices:
+            raise ValueError(f"slices {text!r}: out of range, the volume has {n_slices} slices (0-{n_slices - 1})")
+        indices.update(range(first, last + 1))
+    return sorted(indices)
 
 
 # Per reader process: the processor and the PNG folder, set once by `_init_reader` (not pickled per job).
@@ -146,31 +199,89 @@ def _init_reader(processor: CTImageProcessor, png_dir: Optional[str]) -> None:
     _READER.update(processor=processor, png_dir=png_dir)
 
 
-def _read_one(record: Record, index: int):
-    """Read, window and resize one record. Returns a `Slice` or `(source, reason)`."""
-    processor, png_dir = _READER["processor"], _READER["png_dir"]
+def _read_record(record: Record, index: int) -> list:
+    """One record -> its `Slice`s (one, or a volume's selected slices), or `[(source, reason)]`."""
+    reason = _row_refusal(record)
+    if reason:
+        return [(record.source, reason)]
     try:
-        group_key = record.patient_id and f"manifest:{record.patient_id}"
-        if record.path.lower().endswith(IMAGE_SUFFIXES):
-            unit = read_image_file(record.path)
-            group_key = group_key or f"file:{record.source}"  # no ID in a PNG: the file is its own group
-        else:
-            ds = read_dicom(record.path)
-            dicom_id = str(ds.get("PatientID", "") or "").strip() or str(ds.get("StudyInstanceUID", "") or "")
-            group_key = group_key or (f"dicom:{dicom_id}" if dicom_id else f"file:{record.source}")
-            unit = window_in_place(read_ct_hu(ds), processor.window_center, processor.window_width)
-        image = resize_unit(unit, processor.size)
+        return _read_volume(record, index) if record.is_volume else [_read_slice(record, index)]
     except (ValueError, OSError) as error:
-        return record.source, str(error).splitlines()[0]
+        return [(record.source, str(error).splitlines()[0])]
+
+
+def _read_slice(record: Record, index: int) -> Slice:
+    processor = _READER["processor"]
+    group_key = record.patient_id and f"manifest:{record.patient_id}"
+    spacing = None
+    if record.path.lower().endswith(IMAGE_SUFFIXES):
+        unit = read_image_file(record.path)
+        group_key = group_key or f"file:{record.source}"  # no ID in a PNG: the file is its own group
+    else:
+        ds = read_dicom(record.path)
+        dicom_id = str(ds.get("PatientID", "") or "").strip() or str(ds.get("StudyInstanceUID", "") or "")
+        group_key = group_key or (f"dicom:{dicom_id}" if dicom_id else f"file:{record.source}")
+        unit = window_in_place(read_ct_hu(ds), processor.window_center, processor.window_width)
+        spacing = pixel_spacing_of(ds)
+    image = model_input(unit, spacing, processor)
     mask, has_mask = np.zeros(image.shape, np.uint8), False
     if record.mask_path:
         try:
-            mask = _mask_at_size(record.mask_path, unit.shape, processor.size)
-            has_mask = True
+            mask, has_mask = _mask_file_at_size(record.mask_path, unit.shape, spacing, processor), True
         except (ValueError, OSError) as error:
-            return record.source, f"mask {os.path.basename(record.mask_path)}: {str(error).splitlines()[0]}"
-    png_path = _write_png(png_dir, index, record, unit) if png_dir else None
+            raise ValueError(f"mask {os.path.basename(record.mask_path)}: {str(error).splitlines()[0]}") from None
+    stem = os.path.splitext(os.path.basename(record.source))[0]
+    png_path = _write_png(index, stem, record.label, unit)
     return Slice(record, image, mask, has_mask, group_key, png_path)
+
+
+def _read_volume(record: Record, index: int) -> List[Slice]:
+    """The slices of a volume row that its mask marks (or its `slices` column names), each with its mask."""
+    processor = _READER["processor"]
+    volume = _only_volume(record.path)
+    masks = None
+    if record.mask_path:
+        try:
+            mask_volume = _only_volume(record.mask_path)
+        except ValueError as error:
+            raise ValueError(f"mask {os.path.basename(record.mask_path)}: {error}") from None
+        if mask_volume.hu.shape != volume.hu.shape or not np.allclose(mask_volume.spacing_mm, volume.spacing_mm,
+                                                                      rtol=1e-3):
+            raise ValueError(f"the mask's grid {mask_volume.hu.shape} at {_mm(mask_volume.spacing_mm)} mm differs "
+                             f"from the volume's {volume.hu.shape} at {_mm(volume.spacing_mm)} mm")
+        masks = mask_volume.hu > 0.5
+    if record.slices:
+        indices = parse_slices(record.slices, len(volume.hu))
+    else:
+        indices = [int(k) for k in np.flatnonzero(masks.any(axis=(1, 2)))]
+        if not indices:
+            raise ValueError("the mask is empty: no slice to use")
+    spacing = tuple(volume.spacing_mm[1:])
+    group_key = f"manifest:{record.patient_id}" if record.patient_id else f"file:{record.source}"
+    stem = os.path.basename(record.source.rstrip("/\\")).split(".")[0]
+    slices = []
+    for k in indices:
+        unit = window_in_place(volume.hu[k].copy(), processor.window_center, processor.window_width)
+        mask = np.zeros((processor.size,) * 2, np.uint8)
+        if masks is not None:
+            mask = _mask_array_at_size(masks[k], spacing, processor)
+        slice_record = replace(record, source=f"{record.source}[{k}]", slices=None)
+        png_path = _write_png(index, f"{stem}_{k:03d}", record.label, unit)
+        slices.append(Slice(slice_record, model_input(unit, spacing, processor), mask, masks is not None,
+                            group_key, png_path))
+    return slices
+
+
+def _mm(spacing) -> str:
+    return "x".join(f"{value:.3g}" for value in spacing)
+
+
+def _only_volume(path: str):
+    """The one CT volume at `path`; several series in one folder or zip are refused (one row, one series)."""
+    volumes = read_ct_volumes(path)
+    if len(volumes) > 1:
+        raise ValueError(f"{len(volumes)} CT series in it; give each series (its own folder) its own row")
+    return volumes[0]
 
 
 def window_in_place(hu: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -180,25 +291,40 @@ def window_in_place(hu: np.ndarray, center: float, width: float) -> np.ndarray:
     return np.clip(hu, 0.0, 1.0, out=hu)
 
 
-def resize_unit(unit: np.ndarray, size: int) -> np.ndarray:
-    """A windowed slice `(h, w)` -> `float32` `(size, size)`, resized exactly as `CTImageProcessor` does."""
-    if unit.shape == (size, size):
-        return unit
-    resized = torch.nn.functional.interpolate(
-        torch.from_numpy(unit)[None, None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
-    )
-    return resized[0, 0].clamp_(0.0, 1.0).numpy()
+def model_input(unit: np.ndarray, spacing, processor: CTImageProcessor) -> np.ndarray:
+    """A windowed slice `(h, w)` with its `(row, column)` spacing in mm (or None) -> `float32` `(size, size)`,
+    as `processor` makes it: resized whole, or resampled to its `pixel_spacing_mm` and cropped/padded."""
+    size = processor.size
+    if processor.pixel_spacing_mm is None:
+        return np.clip(resize_slice(unit, (size, size)), 0.0, 1.0)
+    if spacing is None:
+        raise ValueError(f"pixel_spacing_mm={processor.pixel_spacing_mm} needs the slice's pixel spacing; "
+                         "this file has none (PNG/JPEG, or a DICOM without PixelSpacing)")
+    air = float(apply_window(AIR_HU, processor.window_center, processor.window_width))
+    resampled = resample_to_spacing(torch.from_numpy(unit)[None], spacing, processor.pixel_spacing_mm, size, air)
+    return resampled[0].numpy()
 
 
-def _mask_at_size(path: str, native_shape, size: int) -> np.ndarray:
-    """A lesion mask image (non-zero = lesion) at the slice's native shape -> uint8 (size, size)."""
+def _mask_file_at_size(path: str, native_shape, spacing, processor: CTImageProcessor) -> np.ndarray:
+    """A lesion mask image (non-zero = lesion) at the slice's native shape -> uint8 `(size, size)`."""
     if not os.path.isfile(path):
         raise ValueError("missing")
     with Image.open(path) as opened:
         mask = opened.convert("L") if opened.mode != "L" else opened.copy()
     if mask.size[::-1] != tuple(native_shape):
         raise ValueError(f"shape {mask.size[::-1]} differs from the slice's {tuple(native_shape)}")
-    return mask_at_size(mask, size)
+    if processor.pixel_spacing_mm is None:
+        return mask_at_size(mask, processor.size)
+    return _mask_array_at_size(np.asarray(mask) > 0, spacing, processor)
+
+
+def _mask_array_at_size(mask: np.ndarray, spacing, processor: CTImageProcessor) -> np.ndarray:
+    """A boolean mask `(h, w)` on the slice's grid -> uint8 `(size, size)` on the model input's grid."""
+    if processor.pixel_spacing_mm is None:
+        return mask_at_size(Image.fromarray(mask.astype(np.uint8) * 255), processor.size)
+    resampled = resample_to_spacing(torch.from_numpy(mask.astype(np.float32))[None], spacing,
+                                    processor.pixel_spacing_mm, processor.size, 0.0)
+    return (resampled[0].numpy() >= 0.5).astype(np.uint8)
 
 
 def mask_at_size(mask: Image.Image, size: int) -> np.ndarray:
@@ -224,16 +350,18 @@ def mask_at_size(mask: Image.Image, size: int) -> np.ndarray:
     return out
 
 
-def _write_png(png_dir: str, index: int, record: Record, unit: np.ndarray) -> str:
-    """The windowed slice at native size as a 16-bit PNG (the processor reads it back as [0, 1])."""
-    stem = os.path.splitext(os.path.basename(record.source))[0]
-    relative = os.path.join(CLASS_NAMES[record.label], f"{index:05d}_{stem}.png")
+def _write_png(index: int, stem: str, label: int, unit: np.ndarray) -> Optional[str]:
+    """With --png-dir: the windowed slice at native size as a 16-bit PNG (read back as [0, 1]); its path."""
+    png_dir = _READER["png_dir"]
+    if not png_dir:
+        return None
+    relative = os.path.join(CLASS_NAMES[label], f"{index:05d}_{stem}.png")
     Image.fromarray(np.round(unit * 65535).astype(np.uint16)).save(os.path.join(png_dir, relative))
     return relative
 
 
-def _read_worker(job):
-    return _read_one(*job)
+def _read_worker(job) -> list:
+    return _read_record(*job)
 
 
 def read_all(records: List[Record], processor: CTImageProcessor, png_dir, num_workers: int):
@@ -242,7 +370,7 @@ def read_all(records: List[Record], processor: CTImageProcessor, png_dir, num_wo
         for name in CLASS_NAMES:
             os.makedirs(os.path.join(png_dir, name), exist_ok=True)
     jobs = [(record, index) for index, record in enumerate(records)]
-    bar = dict(total=len(jobs), desc="reading slices", unit="slice")
+    bar = dict(total=len(jobs), desc="reading", unit="file")
     if num_workers <= 1:
         threads = torch.get_num_threads()
         _init_reader(processor, png_dir)
@@ -253,8 +381,9 @@ def read_all(records: List[Record], processor: CTImageProcessor, png_dir, num_wo
     else:
         with ProcessPoolExecutor(num_workers, initializer=_init_reader, initargs=(processor, png_dir)) as pool:
             results = list(tqdm(pool.map(_read_worker, jobs, chunksize=16), **bar))
-    slices = [result for result in results if isinstance(result, Slice)]
-    bad = [result for result in results if not isinstance(result, Slice)]
+    flat = [item for result in results for item in result]
+    slices = [item for item in flat if isinstance(item, Slice)]
+    bad = [item for item in flat if not isinstance(item, Slice)]
     return slices, bad
 
 
@@ -311,6 +440,7 @@ def prepare_dataset(
     window_width: float = 400.0,
     num_workers: Optional[int] = None,
     id_salt: Optional[str] = None,
+    pixel_spacing_mm: Optional[float] = None,
 ) -> datasets.DatasetDict:
     """Read `input` (class folder tree or CSV manifest), split it and save it to `output`.
 
@@ -327,7 +457,8 @@ def prepare_dataset(
         records, bad = records_from_manifest(input)
     else:
         raise ValueError(f"input {input} does not exist")
-    processor = CTImageProcessor(window_center, window_width, size=size, do_normalize=False)
+    processor = CTImageProcessor(window_center, window_width, size=size, do_normalize=False,
+                                 pixel_spacing_mm=pixel_spacing_mm)
     num_workers = min(num_workers or os.cpu_count() or 1, max(1, len(records) // 8))
     slices, unreadable = read_all(records, processor, png_dir, num_workers)
     bad += unreadable
@@ -351,6 +482,7 @@ def prepare_dataset(
     mean, std = float(images["train"].mean(dtype=np.float64)), float(images["train"].std(dtype=np.float64))
     info = {
         "window_center": window_center, "window_width": window_width, "size": size, "seed": seed,
+        "pixel_spacing_mm": processor.pixel_spacing_mm,
         "image_mean": [mean] * 3, "image_std": [std] * 3,
         "counts": {
             name: {"slices": len(members), "patients": len({s.group_key for s in members}),
@@ -429,11 +561,14 @@ def main(argv=None) -> datasets.DatasetDict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--window-center", type=float, default=60.0)
     parser.add_argument("--window-width", type=float, default=400.0)
+    parser.add_argument("--pixel-spacing-mm", type=float, default=None,
+                        help="resample every slice to this spacing and crop/pad it to --size (default: resize whole)")
     parser.add_argument("--num-workers", type=int, default=None, help="reader processes (default: all cores)")
     args = parser.parse_args(argv)
     try:
         return prepare_dataset(args.input, args.output, args.png_dir, args.size, args.seed,
-                               args.window_center, args.window_width, args.num_workers)
+                               args.window_center, args.window_width, args.num_workers,
+                               pixel_spacing_mm=args.pixel_spacing_mm)
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
 
