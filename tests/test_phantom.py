@@ -9,7 +9,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from modeling.ct_dicom import read_ct_hu, read_dicom
-from training.phantom import FIELD_OF_VIEW_MM, generate_phantom, main
+from training.phantom import FIELD_OF_VIEW_MM, generate_phantom, generate_phantom_volumes, main
 
 
 def manifest_rows(folder):
@@ -139,3 +139,40 @@ def test_rejects_an_empty_phantom_or_a_view_too_small_for_the_body(tmp_path, cap
         main([str(tmp_path / "small"), "--n-per-class", "1", "--field-of-view-mm", "200", "240"])
     assert capsys.readouterr().err.strip() == (
         "error: a field of view of 240.0 mm is too small for an adult abdomen; use at least 250 mm")
+
+
+def test_volumes_are_a_dicom_series_the_same_nifti_and_a_node_mask_on_one_grid(tmp_path):
+    from modeling.ct_volume import read_ct_volumes
+
+    manifest = generate_phantom_volumes(tmp_path, n_per_class=2, seed=3, image_size=48, n_slices=(8, 10),
+                                        progress=False, num_workers=1)
+    rows = manifest_rows(tmp_path)
+    assert manifest == str(tmp_path / "manifest.csv") and len(rows) == 4
+    assert sorted(row["label"] for row in rows) == ["metastatic"] * 2 + ["non_metastatic"] * 2
+    spacings = set()
+    for row in rows:
+        (series,) = read_ct_volumes(tmp_path / row["path"])
+        (nifti,) = read_ct_volumes(tmp_path / "nifti" / f"{row['patient_id']}.nii.gz")
+        (mask,) = read_ct_volumes(tmp_path / row["mask_path"])
+        assert 8 <= len(series.hu) <= 10 and series.hu.shape[1:] == (48, 48)
+        np.testing.assert_array_equal(series.hu, nifti.hu)
+        assert mask.hu.shape == series.hu.shape and np.allclose(mask.spacing_mm, series.spacing_mm)
+        assert series.spacing_mm[0] == pytest.approx(5.0)
+        assert FIELD_OF_VIEW_MM[0] / 48 <= series.spacing_mm[1] <= FIELD_OF_VIEW_MM[1] / 48
+        spacings.add(round(series.spacing_mm[1], 3))
+        with_node = (mask.hu > 0.5).any(axis=(1, 2))
+        assert 1 <= with_node.sum() < len(with_node)  # the node on a few sections, not all
+        assert np.ptp(np.flatnonzero(with_node)) == with_node.sum() - 1  # one run of consecutive sections
+        first_file = sorted((tmp_path / row["path"]).iterdir())[0]
+        assert read_dicom(first_file).PatientID == row["patient_id"]
+    assert len(spacings) == 4
+
+
+def test_volumes_do_not_depend_on_the_number_of_workers(tmp_path, capsys):
+    for name, workers in (("a", 1), ("b", 2)):
+        generate_phantom_volumes(tmp_path / name, n_per_class=1, seed=5, image_size=32, n_slices=(8, 8),
+                                 progress=False, num_workers=workers)
+    assert file_digests(tmp_path / "a") == file_digests(tmp_path / "b")
+    main([str(tmp_path / "cli"), "--volumes", "--n-per-class", "1", "--image-size", "32", "--volume-slices", "8", "9"])
+    assert "2 synthetic CT volumes" in capsys.readouterr().out
+    assert len(manifest_rows(tmp_path / "cli")) == 2

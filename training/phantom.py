@@ -22,9 +22,13 @@ interest (the lesion on metastatic slices) at native resolution.
 
     python -m training.phantom OUT --n-per-class N --seed S [--image-size 256] [--slices-per-patient 3]
                                [--field-of-view-mm 300 500]
+    python -m training.phantom OUT --volumes --n-per-class N --seed S [--volume-slices 8 16]
 
-writes `OUT/metastatic/*.dcm`, `OUT/non_metastatic/*.dcm`, `OUT/masks/*.png` and `OUT/manifest.csv`
-(path,label,patient_id,mask_path; paths relative to OUT). The same seed gives the same files.
+The first writes `OUT/metastatic/*.dcm`, `OUT/non_metastatic/*.dcm`, `OUT/masks/*.png` and
+`OUT/manifest.csv` (path,label,patient_id,mask_path; paths relative to OUT). The second writes a whole
+volume per patient (8-16 sections, the node on the few it reaches): `OUT/series/<id>/` (a DICOM
+series), `OUT/nifti/<id>.nii.gz` (the same volume), `OUT/masks/<id>.nii.gz` (the node mask on the same
+grid) and `OUT/manifest.csv` with one volume row per patient. The same seed gives the same files.
 """
 
 import argparse
@@ -39,12 +43,13 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
-from training.dicom_writer import deterministic_uid, write_ct_dicom
+from training.dicom_writer import deterministic_uid, write_ct_dicom, write_ct_nifti, write_ct_series
 
 LABELS = ("non_metastatic", "metastatic")  # index = label, as in the prepared dataset
 FIELD_OF_VIEW_MM = (300.0, 500.0)  # abdominal CT reconstructs 300-500 mm: 0.59-0.98 mm pixels at 512 px
 FIELD_OF_VIEW_MARGIN_MM = 30.0  # the field of view is at least the body's width plus this
 SLICE_THICKNESS_MM = 5.0
+VOLUME_SLICES = (8, 16)  # sections per phantom volume (--volumes), low and high
 
 # Hounsfield units of the tissues (venous phase). Each slice draws its own value around these.
 HU = {
@@ -180,8 +185,11 @@ def _paint_node(canvas: Canvas, node: Node, rng: np.random.Generator, node_hu: f
     return mask
 
 
-def render_slice(rng: np.random.Generator, anatomy: Dict[str, float], node: Node, size: int):
-    """One phantom slice: (HU `float32` `(size, size)`, node mask `bool` `(size, size)`)."""
+def render_slice(rng: np.random.Generator, anatomy: Dict[str, float], node: Optional[Node], size: int):
+    """One phantom slice: (HU `float32` `(size, size)`, node mask `bool` `(size, size)`).
+
+    `node` None draws a slice above or below the node of interest (an empty mask).
+    """
     canvas = Canvas(size, anatomy["fov_mm"], (anatomy["offset_x"], anatomy["offset_y"]))
     jitter = lambda scale=1.0: rng.normal(1.0, 0.03 * scale)  # noqa: E731 - slice-to-slice change
     enh = anatomy["enhancement"]
@@ -224,7 +232,8 @@ def render_slice(rng: np.random.Generator, anatomy: Dict[str, float], node: Node
         canvas.paint(canvas.ellipse(bx, by, radius - 2.5, radius * aspect - 2.5), lumen)
 
     # Pancreas: a band across the midline, anterior to the vessels, with the node's fat in front.
-    _paint_fat_pad(canvas, node, rng, fat)
+    if node is not None:
+        _paint_fat_pad(canvas, node, rng, fat)
     pancreas_y = _pancreas_y(anatomy)
     for x in np.linspace(-50, 60, 12):
         canvas.paint(canvas.ellipse(x, pancreas_y + 0.003 * x * x, 12, 9), HU["pancreas"] + enh * 0.4)
@@ -234,7 +243,8 @@ def render_slice(rng: np.random.Generator, anatomy: Dict[str, float], node: Node
         canvas.paint(canvas.ellipse(rng.uniform(-60, 60), rng.uniform(-cav_ry * 0.3, 0), rng.uniform(3, 5),
                                     rng.uniform(2, 4), rng.uniform(0, np.pi)), HU["node"])
 
-    node_mask = _paint_node(canvas, node, rng, HU["node"] + rng.normal(0, 6))
+    node_hu = HU["node"] + rng.normal(0, 6)
+    node_mask = _paint_node(canvas, node, rng, node_hu) if node is not None else np.zeros(canvas.hu.shape, bool)
 
     # Vessels last: they stay visible next to the node, as in a real slice.
     vessel = HU["vessel"] + enh
@@ -351,24 +361,111 @@ def _write_patient(out_dir, seed, label, patient_index, n_slices, image_size, fi
     return rows
 
 
+def generate_phantom_volumes(
+    out_dir,
+    n_per_class: int,
+    seed: int = 0,
+    image_size: int = 256,
+    n_slices: Tuple[int, int] = VOLUME_SLICES,
+    progress: bool = True,
+    num_workers: Optional[int] = None,
+    field_of_view_mm: Tuple[float, float] = FIELD_OF_VIEW_MM,
+) -> str:
+    """Write `n_per_class` phantom patients per class as whole volumes under `out_dir`.
+
+    Per patient (`PHANTOM-SSS-NNNN`): `series/<id>/` a DICOM series, `nifti/<id>.nii.gz` the same
+    volume, `masks/<id>.nii.gz` its node-of-interest mask on the same grid; `n_slices` (low, high)
+    consecutive 5 mm sections, the node on the few its size reaches. Returns `out_dir/manifest.csv`
+    (path,label,patient_id,mask_path with the series folders as paths), which `training.prepare` reads
+    (swap a path for the NIfTI file to prepare from NIfTI). Deterministic, whatever `num_workers`.
+    """
+    low, high = n_slices
+    if n_per_class < 1 or not 3 <= low <= high:
+        raise ValueError(f"n_per_class must be >= 1 and slices 3 <= low <= high, got {n_per_class}, {n_slices}")
+    _check_field_of_view(field_of_view_mm)
+    out_dir = os.fspath(out_dir)
+    for folder in ("series", "nifti", "masks"):
+        os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
+    arguments = [(out_dir, seed, label, index, image_size, (low, high), tuple(field_of_view_mm))
+                 for index, label in enumerate([1] * n_per_class + [0] * n_per_class)]
+    bar = tqdm(total=2 * n_per_class, desc="phantom volumes", unit="volume", disable=not progress)
+    rows = _run_patients(_write_patient_volume, arguments, num_workers, bar)
+    return _write_manifest(os.path.join(out_dir, "manifest.csv"), rows)
+
+
+def _node_sections(rng: np.random.Generator, node: Node, n_slices: int) -> List[Optional[Node]]:
+    """The node of interest as cut by each of `n_slices` sections (None where it is absent).
+
+    A roughly ellipsoidal node: its half-height is the short axis's half times 1-1.5; a section at
+    height dz shows it shrunk by sqrt(1 - (dz / half-height)^2), and not at all below 0.4 of its size.
+    """
+    half_height = node.short_axis / 2 * rng.uniform(1.0, 1.5)
+    centre = rng.integers(2, n_slices - 2) * SLICE_THICKNESS_MM + rng.uniform(-0.4, 0.4) * SLICE_THICKNESS_MM
+    sections = []
+    for k in range(n_slices):
+        dz = (k * SLICE_THICKNESS_MM - centre) / half_height
+        scale = np.sqrt(max(0.0, 1.0 - dz * dz))
+        if scale < 0.4:
+            sections.append(None)
+            continue
+        sections.append(Node(**{**node.__dict__, "short_axis": node.short_axis * scale,
+                                "long_axis": node.long_axis * scale,
+                                "x": node.x + rng.normal(0, 1.0), "y": node.y + rng.normal(0, 1.0)}))
+    return sections
+
+
+def _write_patient_volume(out_dir, seed, label, patient_index, image_size, n_slices, field_of_view_mm):
+    """One patient's volume as a DICOM series, NIfTI, and a NIfTI node mask -> its manifest row."""
+    rng = np.random.default_rng([seed, patient_index, 1])  # its own stream: not the slice phantom's patient
+    patient_id = f"PHANTOM-{seed:03d}-{patient_index:04d}"
+    anatomy = _patient_anatomy(rng, field_of_view_mm)
+    node = _node(rng, bool(label), anatomy)
+    sections = _node_sections(rng, node, int(rng.integers(n_slices[0], n_slices[1] + 1)))
+    rendered = [render_slice(rng, anatomy, section, image_size) for section in sections]
+    hu = np.stack([slice_hu for slice_hu, _ in rendered])  # (slices, rows, columns), inferior to superior
+    masks = np.stack([mask for _, mask in rendered])
+    spacing = (SLICE_THICKNESS_MM, anatomy["fov_mm"] / image_size, anatomy["fov_mm"] / image_size)
+    write_ct_series(
+        os.path.join(out_dir, "series", patient_id), hu, spacing, patient_id=patient_id,
+        study_uid=deterministic_uid("phantom volume", seed, patient_index, "study"),
+        series_uid=deterministic_uid("phantom volume", seed, patient_index, "series"),
+    )
+    write_ct_nifti(os.path.join(out_dir, "nifti", f"{patient_id}.nii.gz"), hu, spacing)
+    mask_path = os.path.join("masks", f"{patient_id}.nii.gz")
+    write_ct_nifti(os.path.join(out_dir, mask_path), masks.astype(np.float32), spacing)
+    return [{"path": os.path.join("series", patient_id), "label": LABELS[label], "patient_id": patient_id,
+             "mask_path": mask_path}]
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="output folder")
-    parser.add_argument("--n-per-class", type=int, default=150, help="slices per class (default 150)")
+    parser.add_argument("--n-per-class", type=int, default=150,
+                        help="slices per class (default 150); with --volumes, patients per class")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=256, help="native rows = columns (default 256)")
     parser.add_argument("--slices-per-patient", type=int, default=3)
+    parser.add_argument("--volumes", action="store_true",
+                        help="whole volumes per patient: DICOM series, NIfTI and a NIfTI node mask")
+    parser.add_argument("--volume-slices", type=int, nargs=2, default=VOLUME_SLICES, metavar=("LOW", "HIGH"),
+                        help="sections per volume with --volumes (default 8 16)")
     parser.add_argument("--field-of-view-mm", type=float, nargs=2, default=FIELD_OF_VIEW_MM, metavar=("LOW", "HIGH"),
                         help="range of each patient's field of view (default 300 500; pixel spacing = it / image size)")
     parser.add_argument("--num-workers", type=int, help="processes (default: one per CPU)")
     args = parser.parse_args(argv)
     try:
-        manifest = generate_phantom(args.out_dir, args.n_per_class, args.seed, args.image_size,
-                                    args.slices_per_patient, num_workers=args.num_workers,
-                                    field_of_view_mm=args.field_of_view_mm)
+        if args.volumes:
+            manifest = generate_phantom_volumes(args.out_dir, args.n_per_class, args.seed, args.image_size,
+                                                tuple(args.volume_slices), num_workers=args.num_workers,
+                                                field_of_view_mm=args.field_of_view_mm)
+        else:
+            manifest = generate_phantom(args.out_dir, args.n_per_class, args.seed, args.image_size,
+                                        args.slices_per_patient, num_workers=args.num_workers,
+                                        field_of_view_mm=args.field_of_view_mm)
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
-    print(f"wrote {2 * args.n_per_class} synthetic CT slices and {manifest}")
+    what = "CT volumes (DICOM series + NIfTI + node masks)" if args.volumes else "CT slices"
+    print(f"wrote {2 * args.n_per_class} synthetic {what} and {manifest}")
     return manifest
 
 
