@@ -23,6 +23,7 @@ listed there and on screen.
 
 import argparse
 import csv
+import ctypes
 import hashlib
 import json
 import os
@@ -58,6 +59,7 @@ CLASS_NAMES = ["non_metastatic", "metastatic"]
 LABEL_ALIASES = {"non_metastatic": 0, "normal": 0, "0": 0, "metastatic": 1, "cancer": 1, "1": 1}
 SPLITS = ("train", "validation", "test")
 N_FOLDS = 6  # one fold test, one validation, four train: 16.7 / 16.7 / 66.7 %
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 @dataclass
@@ -196,7 +198,23 @@ _READER: Dict[str, object] = {}
 
 def _init_reader(processor: CTImageProcessor, png_dir: Optional[str]) -> None:
     torch.set_num_threads(1)  # one reader per core: torch's own threads would oversubscribe the pool
+    _keep_freed_memory()
     _READER.update(processor=processor, png_dir=png_dir)
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc reuse freed buffers of up to 32 MB instead of handing them back to the OS.
+
+    Each 512 px slice passes through a few 0.5-2 MB arrays; by default glibc maps every one afresh and
+    unmaps it when freed, and faulting those pages in costs as much as decoding the file (measured in
+    benchmarks/ingest.py). Elsewhere (macOS, Windows, musl) this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)  # keep up to 64 MB of freed heap for the next slice
 
 
 def _read_record(record: Record, index: int) -> list:
