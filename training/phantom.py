@@ -9,14 +9,14 @@ peripancreatic fat:
 
 - non-metastatic: small (short axis 4-9 mm), oval, with a fatty hilum;
 - metastatic: enlarged (short axis 20-32 mm, a bulky node, so that a short CPU training run learns it),
-  round, irregular margin, no hilum, usually (85 %) a necrotic low-density centre in an enhancing rim.
+  round, irregular margin, no hilum, usually (90 %) a necrotic low-density centre in an enhancing rim.
 
 The node is the only class signal. What varies between real scans varies here too, per patient and
 independently of the class, so that a model cannot lean on one geometry and the mean intensity of a
 slice, or of the body, does not give the class away (AUC near 0.5): the field of view (300-500 mm by
 default, i.e. 0.59-0.98 mm pixels at 512 px; at least the body's width plus a margin, as a
 radiographer would set it), where the body lies in it, body size and fat, organ sizes, contrast timing,
-the node's position and the noise level (6-28 HU). A patient has several slices (consecutive 5 mm
+the node's position and the noise level (6-20 HU). A patient has several slices (consecutive 5 mm
 sections with the same anatomy and node, slightly changed). The mask of each slice marks its node of
 interest (the lesion on metastatic slices) at native resolution.
 
@@ -114,13 +114,13 @@ class Canvas:
 def _patient_anatomy(rng: np.random.Generator, field_of_view_mm=FIELD_OF_VIEW_MM) -> Dict[str, float]:
     """Per-patient shape and scan parameters (mm, HU offsets); slices jitter around them."""
     low, high = field_of_view_mm
-    body_rx = min(rng.uniform(110, 170), (high - FIELD_OF_VIEW_MARGIN_MM) / 2)  # the body fits the widest view
+    body_rx = min(rng.uniform(110, 160), (high - FIELD_OF_VIEW_MARGIN_MM) / 2)  # the body fits the widest view
     fov = rng.uniform(min(max(low, 2 * body_rx + FIELD_OF_VIEW_MARGIN_MM), high), high)
     slack = (fov - 2 * body_rx) / 2  # room around the body, shared out as an off-centre position
     return {
         "fov_mm": fov,
-        "offset_x": rng.uniform(-0.5, 0.5) * slack,
-        "offset_y": rng.uniform(-0.2, 0.5) * slack,  # patients lie low on the table more often than high
+        "offset_x": rng.uniform(-0.3, 0.3) * slack,
+        "offset_y": rng.uniform(-0.1, 0.3) * slack,  # patients lie low on the table more often than high
         "body_rx": body_rx,
         "body_ry": max(80.0, body_rx * rng.uniform(0.68, 0.8)),
         "subcutaneous_fat": rng.uniform(8, 35) * body_rx / 130,
@@ -128,7 +128,7 @@ def _patient_anatomy(rng: np.random.Generator, field_of_view_mm=FIELD_OF_VIEW_MM
         "spleen_scale": rng.uniform(0.6, 1.3),
         "enhancement": rng.uniform(-25, 25),  # contrast timing: shifts vessels and organs together
         "fat_hu": rng.uniform(-115, -80),
-        "noise_sd": rng.uniform(6, 28),  # low-dose and standard-dose scans
+        "noise_sd": rng.uniform(6, 20),  # from smooth to low-dose reconstructions
         "n_bowel": int(rng.integers(3, 9)),
         "n_benign_nodes": int(rng.integers(0, 3)),
     }
@@ -139,14 +139,14 @@ def _node(rng: np.random.Generator, metastatic: bool, anatomy: Dict[str, float])
     if metastatic:
         short = rng.uniform(20, 32)
         long = short * rng.uniform(1.0, 1.1)
-        necrosis = rng.uniform(0.4, 0.65) if rng.random() < 0.85 else 0.0
+        necrosis = rng.uniform(0.4, 0.65) if rng.random() < 0.9 else 0.0
         amplitude = rng.uniform(0.06, 0.14)
     else:
         short = rng.uniform(4, 9)
         long = short * rng.uniform(1.4, 2.0)
         necrosis, amplitude = 0.0, 0.0
-    x = rng.uniform(-45, 55)
-    y = _pancreas_y(anatomy) - 11 - short / 2 - rng.uniform(0, 10)
+    x = rng.uniform(-35, 50)
+    y = _pancreas_y(anatomy) - 11 - short / 2 - rng.uniform(0, 6)
     return Node(x, y, short, long, rng.uniform(0, np.pi), metastatic, necrosis, rng.uniform(0, 2 * np.pi, 3), amplitude)
 
 
@@ -173,7 +173,7 @@ def _paint_node(canvas: Canvas, node: Node, rng: np.random.Generator, node_hu: f
         wobble = sum(np.sin(k * theta + phase) for k, phase in zip((3, 5, 7), node.margin_phases, strict=True)) / 3
         radius = radius / (1 + node.margin_amplitude * wobble)
     mask = radius <= 1.0
-    canvas.paint(mask, node_hu + (15 if node.metastatic else 0))  # viable tumour enhances a little more
+    canvas.paint(mask, node_hu + (25 if node.metastatic else 0))  # viable tumour enhances more
     if node.necrosis_fraction:
         canvas.paint(radius <= node.necrosis_fraction, HU["necrosis"] + rng.normal(0, 5))
     if not node.metastatic:  # fatty hilum: a fat wedge entering from one end of the long axis
