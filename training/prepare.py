@@ -229,6 +229,7 @@ def _read_record(record: Record, index: int) -> list:
 
 
 def _read_slice(record: Record, index: int) -> Slice:
+    """One DICOM or windowed image (and its mask image) -> a `Slice` at the model's input size."""
     processor = _READER["processor"]
     group_key = record.patient_id and f"manifest:{record.patient_id}"
     spacing = None
