@@ -149,9 +149,14 @@ def read_ct_hu(source, frame: Optional[int] = None) -> np.ndarray:
     storage are handled by pydicom. MONOCHROME1 only inverts the display, not the HU, so it is ignored.
     """
     ds = read_dicom(source)
-    check_ct_slice(ds, frame)
-    pixels = _decode_pixels(ds, frame)
-    return apply_modality_lut(pixels, _modality_lut_source(ds, frame)).astype(np.float32)
+    try:
+        check_ct_slice(ds, frame)
+        pixels = _decode_pixels(ds, frame)
+        return apply_modality_lut(pixels, _modality_lut_source(ds, frame)).astype(np.float32)
+    except ValueError:
+        raise
+    except Exception as error:  # noqa: BLE001 - damaged tags raise many types in pydicom's lazy conversions
+        raise ValueError(f"malformed DICOM header tags ({type(error).__name__})") from None
 
 
 def technical_metadata(ds: "pydicom.Dataset") -> dict:

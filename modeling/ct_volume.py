@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .ct_dicom import read_ct_hu, read_dicom, technical_metadata
+from .ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom, technical_metadata
 
 try:  # optional, like pydicom: only reading NIfTI needs it
     import nibabel
@@ -85,6 +85,7 @@ class DicomSeries:
     headers: list
     orientation: np.ndarray  # (6,) ImageOrientationPatient
     positions_mm: np.ndarray  # (slices,) along the normal
+    origins_mm: np.ndarray  # (slices, 3) ImagePositionPatient
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
 
@@ -207,6 +208,42 @@ def _majority(values: list):
     return Counter(values).most_common(1)[0][0]
 
 
+@dataclass
+class _Slice:
+    """What grouping needs from one file's header, read once and checked."""
+
+    path: str
+    name: str
+    header: object
+    orientation: Optional[np.ndarray]  # (6,) or None
+    position: Optional[np.ndarray]  # (3,) LPS or None
+    size: tuple  # rows, columns, pixel spacing
+
+
+def _examine(path: str, name: str, header) -> Tuple[str, _Slice]:
+    """`(series UID, geometry)` of a CT header; one-line `ValueError` for a refusal or malformed tags."""
+    try:
+        refusal = _header_refusal(header)
+        if refusal is None:
+            uid = str(header.get("SeriesInstanceUID", "") or f"no SeriesInstanceUID: {path}")
+            orientation = header.get("ImageOrientationPatient")
+            position = header.get("ImagePositionPatient")
+            orientation = np.asarray(orientation, dtype=np.float64) if orientation else None
+            position = np.asarray(position, dtype=np.float64) if position else None
+            size = (int(header.Rows), int(header.Columns), pixel_spacing_of(header))
+    except Exception as error:  # noqa: BLE001 - damaged tags raise many types in pydicom's lazy conversions
+        raise ValueError(f"malformed DICOM header tags ({type(error).__name__})") from None
+    if refusal is not None:
+        raise ValueError(refusal)
+    if orientation is not None and (orientation.shape != (6,) or not np.all(np.isfinite(orientation))):
+        orientation = None
+    if orientation is not None and np.linalg.norm(np.cross(orientation[:3], orientation[3:])) < 0.5:
+        orientation = None  # not two perpendicular directions
+    if position is not None and (position.shape != (3,) or not np.all(np.isfinite(position))):
+        position = None
+    return uid, _Slice(path, name, header, orientation, position, size)
+
+
 def group_dicom_series(
     paths: Sequence[str], names: Optional[Sequence[str]] = None
 ) -> Tuple[List[DicomSeries], List[Tuple[str, str]]]:
@@ -220,71 +257,73 @@ def group_dicom_series(
     """
     names = list(paths) if names is None else list(names)
     skipped: List[Tuple[str, str]] = []
-    groups: Dict[str, list] = {}
+    groups: Dict[str, List[_Slice]] = {}
     for path, name in zip(paths, names, strict=True):
         try:
-            header = read_dicom(path, stop_before_pixels=True)
+            uid, item = _examine(path, name, read_dicom(path, stop_before_pixels=True))
         except ValueError as error:
             skipped.append((name, str(error)))
             continue
-        refusal = _header_refusal(header)
-        if refusal:
-            skipped.append((name, refusal))
-            continue
-        uid = str(header.get("SeriesInstanceUID", "") or f"no SeriesInstanceUID: {path}")
-        groups.setdefault(uid, []).append((path, name, header))
+        groups.setdefault(uid, []).append(item)
     return [_order_series(uid, members) for uid, members in groups.items()], skipped
 
 
-def _order_series(uid: str, members: list) -> DicomSeries:
+def _order_series(uid: str, members: List[_Slice]) -> DicomSeries:
     skipped, warnings = [], []
-
-    def orientation_of(header) -> Optional[tuple]:
-        value = header.get("ImageOrientationPatient")
-        return tuple(np.round(np.asarray(value, dtype=np.float64), 4)) if value and len(value) == 6 else None
-
-    def size_of(header) -> tuple:
-        spacing = header.get("PixelSpacing") or (None, None)
-        return (int(header.Rows), int(header.Columns), *(round(float(s), 4) if s else None for s in spacing))
-
-    placed = [m for m in members if orientation_of(m[2]) is not None and m[2].get("ImagePositionPatient")]
+    key = series_key(uid)
+    placed = [m for m in members if m.orientation is not None and m.position is not None]
     if len(members) == 1 and not placed:  # a lone slice without geometry: the standard axial one
-        path, name, header = members[0]
-        warnings.append(f"{name}: no ImagePositionPatient/ImageOrientationPatient; assumed axial")
-        return DicomSeries(series_key(uid), [path], [name], [header], np.array([1.0, 0, 0, 0, 1, 0]),
-                           np.zeros(1), skipped, warnings)
-    skipped += [(m[1], "no ImagePositionPatient/ImageOrientationPatient: cannot be placed in the series")
-                for m in members if m not in placed]
+        lone = members[0]
+        warnings.append(f"{lone.name}: no usable ImagePositionPatient/ImageOrientationPatient; assumed axial")
+        axial = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+        return DicomSeries(
+            key, [lone.path], [lone.name], [lone.header], axial, np.zeros(1), np.zeros((1, 3)), skipped, warnings
+        )
+    unplaced = "no usable ImagePositionPatient/ImageOrientationPatient: cannot be placed in the series"
+    skipped += [(m.name, unplaced) for m in members if m not in placed]
+
+    if placed:  # the majority orientation (to 3 decimals), then everything within 1e-3 of it
+        majority = np.asarray(_majority([tuple(np.round(m.orientation, 3)) for m in placed]))
+        differs = [m for m in placed if not np.allclose(m.orientation, majority, atol=2e-3)]
+        reason = "orientation differs from the rest of the series (a localizer or reformat?)"
+        skipped += [(m.name, reason) for m in differs]
+        placed = [m for m in placed if m not in differs]
+    if placed:
+        size = _majority([m.size for m in placed])
+        skipped += [(m.name, f"size or pixel spacing {m.size} differs from the series' {size}")
+                    for m in placed if m.size != size]
+        placed = [m for m in placed if m.size == size]
     if not placed:
-        return DicomSeries(series_key(uid), [], [], [], np.zeros(6), np.zeros(0), skipped, warnings)
+        return DicomSeries(key, [], [], [], np.zeros(6), np.zeros(0), np.zeros((0, 3)), skipped, warnings)
 
-    orientation = _majority([orientation_of(m[2]) for m in placed])
-    skipped += [(m[1], "orientation differs from the rest of the series (a localizer or reformat?)")
-                for m in placed if orientation_of(m[2]) != orientation]
-    placed = [m for m in placed if orientation_of(m[2]) == orientation]
-    size = _majority([size_of(m[2]) for m in placed])
-    skipped += [(m[1], f"size or pixel spacing {size_of(m[2])} differs from the series' {size}")
-                for m in placed if size_of(m[2]) != size]
-    placed = [m for m in placed if size_of(m[2]) == size]
+    orientation = placed[0].orientation
+    normal = np.cross(orientation[:3], orientation[3:])
+    normal /= np.linalg.norm(normal)
+    position = {id(m): float(m.position @ normal) for m in placed}
 
-    normal = np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
-    position = {id(m): float(np.dot(np.asarray(m[2].ImagePositionPatient, dtype=np.float64), normal)) for m in placed}
-    placed.sort(key=lambda m: (position[id(m)], int(m[2].get("InstanceNumber", 0) or 0), m[1]))
+    def instance_number(member: _Slice) -> int:
+        try:
+            return int(member.header.get("InstanceNumber", 0) or 0)
+        except Exception:  # noqa: BLE001 - a damaged InstanceNumber only loses its tie-break
+            return 0
+
+    placed.sort(key=lambda m: (position[id(m)], instance_number(m), m.name))
     kept = []
     for member in placed:
         if kept and abs(position[id(member)] - position[id(kept[-1])]) < POSITION_TOLERANCE_MM:
-            same = member[2].get("SOPInstanceUID") == kept[-1][2].get("SOPInstanceUID")
+            same = member.header.get("SOPInstanceUID") == kept[-1].header.get("SOPInstanceUID")
             relation = "a copy of" if same else "same position as"
-            skipped.append((member[1], f"{relation} {kept[-1][1]} (duplicate slice)"))
+            skipped.append((member.name, f"{relation} {kept[-1].name} (duplicate slice)"))
             continue
         kept.append(member)
     return DicomSeries(
-        key=series_key(uid),
-        paths=[m[0] for m in kept],
-        names=[m[1] for m in kept],
-        headers=[m[2] for m in kept],
-        orientation=np.asarray(orientation, dtype=np.float64),
+        key=key,
+        paths=[m.path for m in kept],
+        names=[m.name for m in kept],
+        headers=[m.header for m in kept],
+        orientation=orientation,
         positions_mm=np.array([position[id(m)] for m in kept]),
+        origins_mm=np.array([m.position for m in kept]),
         skipped=skipped,
         warnings=warnings,
     )
@@ -303,36 +342,39 @@ def load_dicom_series(series: DicomSeries) -> CTVolume:
     """Decode the slices of `series` to HU and reorient them; one-line `ValueError` if none is readable."""
     skipped = list(series.skipped)
     slices, kept = [], []
-    for index, (path, name) in enumerate(zip(series.paths, series.names, strict=True)):
+    for index, (path, name, header) in enumerate(zip(series.paths, series.names, series.headers, strict=True)):
         try:
-            slices.append(read_ct_hu(path))
+            hu = read_ct_hu(path)
+            if hu.shape != (int(header.Rows), int(header.Columns)):
+                raise ValueError(f"pixel data of shape {hu.shape} do not match Rows x Columns")
         except ValueError as error:
             skipped.append((name, str(error)))
             continue
+        slices.append(hu)
         kept.append(index)
     if not slices:
         reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped[:3])
         raise ValueError(f"series {series.key}: no readable CT slice ({reasons})")
     positions = series.positions_mm[kept]
-    headers = [series.headers[index] for index in kept]
     warnings = list(series.warnings)
-    first = headers[0]
-    pixel_spacing = [float(value) for value in (first.get("PixelSpacing") or (1.0, 1.0))]
-    if not first.get("PixelSpacing"):
-        warnings.append("no PixelSpacing: 1 mm assumed")
+    first = series.headers[kept[0]]
+    pixel_spacing = pixel_spacing_of(first)
+    if pixel_spacing is None:
+        pixel_spacing = (1.0, 1.0)
+        warnings.append("no usable PixelSpacing: 1 mm assumed")
     gaps = np.diff(positions)
     if gaps.size:
         slice_spacing = float(np.median(gaps))
         if np.ptp(gaps) > max(0.05, GAP_TOLERANCE * slice_spacing):
             warnings.append(f"uneven slice gaps from {gaps.min():.2f} to {gaps.max():.2f} mm (missing slices?)")
     else:
-        slice_spacing = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
+        slice_spacing = _single_slice_spacing(first)
 
     row_cosine, column_cosine = series.orientation[:3], series.orientation[3:]
     axes_lps = np.stack([np.cross(row_cosine, column_cosine), column_cosine, row_cosine])
-    origins = np.array([np.asarray(h.get("ImagePositionPatient") or (0, 0, 0), dtype=np.float64) for h in headers])
+    axes_lps /= np.linalg.norm(axes_lps, axis=1, keepdims=True)
     hu, spacing, z_mm, orientation_warnings = display_orientation(
-        np.stack(slices), axes_lps, (slice_spacing, *pixel_spacing), origins
+        np.stack(slices), axes_lps, (slice_spacing, *pixel_spacing), series.origins_mm[kept]
     )
     if _is_axial(axes_lps):
         names = [series.names[index] for index in kept]
@@ -350,6 +392,18 @@ def load_dicom_series(series: DicomSeries) -> CTVolume:
         slice_names=names,
         skipped=skipped,
     )
+
+
+def _single_slice_spacing(header) -> float:
+    """A lone slice has no neighbour: its thickness stands in for the slice spacing (1 mm if unknown)."""
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        try:
+            value = float(header.get(keyword) or 0)
+        except (TypeError, ValueError):
+            continue
+        if value > 0:
+            return value
+    return 1.0
 
 
 def _is_axial(axes_lps: np.ndarray) -> bool:
@@ -450,7 +504,7 @@ def _read_files(paths: Sequence[str], names: Sequence[str]) -> List[CTVolume]:
         if path.lower().endswith(NIFTI_SUFFIXES):
             try:
                 volumes.append(read_nifti(path))
-            except ValueError as error:
+            except (ValueError, ImportError) as error:  # damaged, or nibabel not installed
                 skipped.append((name, str(error)))
         elif path.lower().endswith(".zip"):
             skipped.append((name, "a zip inside a folder or zip is not read; pass it on its own"))

@@ -15,7 +15,6 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom
-from .ct_volume import CTVolume
 
 try:  # optional: only needed to accept pydicom datasets
     import pydicom
@@ -67,6 +66,12 @@ def resample_to_spacing(
     pad_rows, pad_columns = size - scaled[0], size - scaled[1]  # negative: crop
     padding = (pad_columns // 2, pad_columns - pad_columns // 2, pad_rows // 2, pad_rows - pad_rows // 2)
     return torch.nn.functional.pad(image, padding, value=fill)
+
+
+def _is_volume(image) -> bool:
+    """A `ct_volume.CTVolume`, recognised by its fields: the Hub copy of this file and a local `modeling`
+    package define different classes, and remote code must not need `ct_volume`'s imports."""
+    return hasattr(image, "hu") and hasattr(image, "spacing_mm")
 
 
 def pil_to_unit(image: Image.Image) -> np.ndarray:
@@ -151,7 +156,7 @@ class CTImageProcessor(BaseImageProcessor):
     def _windowed(self, image, window_center=None, window_width=None, frame=None):
         """-> `(windowed image in [0, 1], its (row, column) pixel spacing in mm or None)`."""
         center, width = self._window(window_center, window_width)
-        if isinstance(image, CTVolume):
+        if _is_volume(image):
             return apply_window(image.hu, center, width), tuple(image.spacing_mm[1:])
         if isinstance(image, Image.Image):
             return pil_to_unit(image), None

@@ -188,7 +188,6 @@ class _Volume:
     """A volume being scored: its slice rows, where its pixels come from, and its probabilities so far."""
 
     item: WorkItem
-    source: str
     volume: Optional[CTVolume]  # None for an already-windowed image file
     rows: List[dict]
     image_path: str = ""
@@ -223,7 +222,7 @@ def _open_item(item: WorkItem, processor) -> Tuple[ItemResult, List[_Volume]]:
             return result, []
         warning = "image file, not DICOM: read as an already-windowed slice; HU not checked"
         result.slice_rows.append(_slice_row(path=item.path, status="ok", warning=warning))
-        return result, [_Volume(item, item.source, None, result.slice_rows[:], image_path=item.path)]
+        return result, [_Volume(item, None, result.slice_rows[:], image_path=item.path)]
     try:
         volumes = [load_dicom_series(item.series)] if item.kind == "series" else read_ct_volumes(item.path)
     except (ValueError, ImportError) as error:
@@ -259,7 +258,7 @@ def _open_item(item: WorkItem, processor) -> Tuple[ItemResult, List[_Volume]]:
             rows.append(_slice_row(path=file_path(name), status="ok", warning=warning, series=volume.key,
                                    slice_index=index, z_mm=z_mm))
         result.slice_rows += rows
-        opened.append(_Volume(item, item.source, volume, rows))
+        opened.append(_Volume(item, volume, rows))
         for name, reason in volume.skipped:  # a zip's skipped files are noted in each of its volumes: one row each
             refusals.setdefault(file_path(name), (reason, volume.key))
     result.slice_rows += [
@@ -351,7 +350,7 @@ def _finish(volume: _Volume, model, processor, threshold: float, positive_label:
     if volume.volume is not None:
         z_mm = volume.volume.positions_mm
         series_row = _series_row(
-            source=volume.source, series=volume.volume.key, n_slices=len(probabilities),
+            source=volume.item.source, series=volume.volume.key, n_slices=len(probabilities),
             probability=f"{probabilities[top]:.6f}", top_slice_index=top, top_z_mm=f"{z_mm[top]:.2f}",
             label=label(probabilities[top]), status="ok",
         )

@@ -181,3 +181,15 @@ def test_missing_source_and_no_ct_are_one_line_errors(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match=r"^no CT series found \(1 file\(s\) skipped: notes.txt: not a DICOM file"):
         read_ct_volumes(tmp_path)
+
+
+def test_a_file_with_a_damaged_tag_is_skipped_with_a_reason(tmp_path, hu):
+    paths = write_ct_series(tmp_path, hu, SPACING, origin_mm=ORIGIN)
+    data = open(paths[3], "rb").read()
+    image_type = b"\x08\x00\x08\x00CS"  # (0008,0008) ImageType, explicit VR "CS"
+    assert data.count(image_type) == 1
+    open(paths[3], "wb").write(data.replace(image_type, b"\x08\x00\x08\x00CX"))  # an unknown VR
+    [volume] = read_ct_volumes(tmp_path)
+    assert volume.hu.shape[0] == 5
+    assert dict(volume.skipped) == {"slice_0003.dcm": "malformed DICOM header tags (NotImplementedError)"}
+    assert "uneven slice gaps from 2.50 to 5.00 mm (missing slices?)" in volume.warnings

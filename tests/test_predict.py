@@ -1,8 +1,10 @@
 """python -m modeling.predict: a folder mixing good and bad files, labels at the model's threshold, exit codes."""
 
 import csv
+import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,9 @@ from PIL import Image
 
 from modeling import CTImageProcessor
 from modeling.ct_dicom import read_ct_hu
-from modeling.predict import hu_warning, main
-from training.dicom_writer import ct_dataset, write_ct_dicom
+from modeling.ct_volume import read_ct_volumes
+from modeling.predict import hu_warning, main, score_volume
+from training.dicom_writer import ct_dataset, write_ct_dicom, write_ct_nifti, write_ct_series
 
 ROOT = Path(__file__).resolve().parents[1]
 PATIENT_ID = "DOE^JANE-4711"  # a realistic tag that must not leak into the CSV or the image names
@@ -128,7 +131,7 @@ def test_predictions_do_not_depend_on_batching(mixed_folder, model_dir, tmp_path
         runs[batch_size] = read_rows(output)
 
     assert [row["path"] for row in runs["1"]] == [str(mixed_folder / "a.dcm"), str(mixed_folder / "series" / "IM0001")]
-    for one, many in zip(runs["1"], runs["16"]):
+    for one, many in zip(runs["1"], runs["16"], strict=True):
         assert float(one["probability"]) == pytest.approx(float(many["probability"]), abs=1e-5)
         assert one["explanation"] == ""
 
@@ -197,7 +200,7 @@ def test_hu_warning_flags_uncalibrated_values_and_ignores_padding():
 def test_command_line_entry_point_on_a_mixed_folder(mixed_folder, model_dir, tmp_path):
     output = tmp_path / "out.csv"
     result = subprocess.run(
-        [sys.executable, "-m", "modeling.predict", str(mixed_folder), "--model", str(model_dir), "--output", str(output)],
+        [sys.executable, "-m", "modeling.predict", str(mixed_folder), "--model", str(model_dir), "--output", output],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -207,3 +210,141 @@ def test_command_line_entry_point_on_a_mixed_folder(mixed_folder, model_dir, tmp
     assert result.returncode == 1, result.stderr[-2000:]
     assert "2 predicted, 3 refused" in result.stderr
     assert [row["status"] for row in read_rows(output)] == ["ok", "error", "error", "error", "ok"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole series, zips and NIfTI volumes
+
+
+def series_hu(seed: int, slices: int) -> np.ndarray:
+    """`(slices, 48, 48)` HU whose bright node grows and moves from slice to slice (different scores)."""
+    volume = np.stack([slice_hu(seed * 100 + k)[24:72, 24:72] for k in range(slices)])
+    for k in range(slices):
+        volume[k, 10 : 12 + 3 * k, 30 : 33 + k] = 250.0
+    return volume
+
+
+@pytest.fixture(scope="module")
+def pacs_export(tmp_path_factory):
+    """A PACS-like folder: an 8-slice series with scrambled names, a 3-slice series, a localizer and an MR."""
+    folder = tmp_path_factory.mktemp("export")
+    write_ct_series(folder / "1", series_hu(1, 8), (2.5, 0.8, 0.8), scramble=5, patient_id=PATIENT_ID,
+                    origin_mm=(0.0, 0.0, -40.0))
+    write_ct_series(folder / "2", series_hu(2, 3), (5.0, 0.8, 0.8), patient_id=PATIENT_ID)
+    scout = ct_dataset(slice_hu(9), patient_id=PATIENT_ID)
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.save_as(folder / "scout", enforce_file_format=True)
+    mr = ct_dataset(slice_hu(8), patient_id=PATIENT_ID)
+    mr.Modality = "MR"
+    mr.save_as(folder / "2" / "mr", enforce_file_format=True)
+    return folder
+
+
+def run_series(paths, model_dir, folder, *extra):
+    slices, series = folder / "slices.csv", folder / "series.csv"
+    status = main([*map(str, paths), "--model", str(model_dir), "--output", str(slices), "--series-output",
+                   str(series), *extra])
+    return status, read_rows(slices), read_rows(series)
+
+
+def test_each_series_scores_its_slices_in_anatomical_order_and_takes_their_maximum(
+    pacs_export, tiny_model_dir, tmp_path
+):
+    explain_dir = tmp_path / "explained"
+    status, slices, series = run_series([pacs_export], tiny_model_dir, tmp_path, "--batch-size", "3",
+                                        "--explain-dir", str(explain_dir))
+    assert status == 1  # the localizer and the MR are refused
+    errors = {Path(row["path"]).name: row["error"] for row in slices if row["status"] == "error"}
+    assert errors == {"scout": "localizer (scout) image", "mr": "modality is MR, not CT"}
+    assert [row["source"] for row in series] == [str(pacs_export)] * 2
+    assert [int(row["n_slices"]) for row in series] == [8, 3]
+
+    model = tiny_model()
+    processor = CTImageProcessor.from_pretrained(tiny_model_dir)
+    volumes = read_ct_volumes(pacs_export)
+    for row, volume, hu in zip(series, volumes, (series_hu(1, 8), series_hu(2, 3)), strict=True):
+        assert row["series"] == volume.key and row["status"] == "ok" and row["error"] == ""
+        rows = [r for r in slices if r["series"] == volume.key and r["status"] == "ok"]
+        assert [int(r["slice_index"]) for r in rows] == list(range(len(hu)))
+        assert [float(r["z_mm"]) for r in rows] == pytest.approx(list(volume.positions_mm))
+        # the written slices, scored one by one in anatomical order, whatever the file names said
+        expected = [probability_of_hu(model, processor, np.round(hu[k])) for k in range(len(hu))]
+        probabilities = [float(r["probability"]) for r in rows]
+        assert probabilities == pytest.approx(expected, abs=1e-5)
+        assert probabilities == pytest.approx(list(score_volume(model, processor, volume, batch_size=4)), abs=1e-5)
+        top = int(np.argmax(probabilities))
+        assert float(row["probability"]) == pytest.approx(max(probabilities), abs=1e-6)
+        assert int(row["top_slice_index"]) == top and float(row["top_z_mm"]) == pytest.approx(volume.positions_mm[top])
+        positive = max(probabilities) >= model.config.decision_threshold
+        assert row["label"] == ("metastatic" if positive else "non_metastatic")
+        explained = [r["explanation"] for r in rows if r["explanation"]]
+        assert len(explained) == 3 and rows[top]["explanation"] in explained
+    plots = sorted(p.name for p in explain_dir.glob("*_probability.png"))
+    # work items in the order of their first file: scout, series 1, 2/mr, series 2
+    assert plots == [f"{index:05d}_{volume.key}_probability.png" for index, volume in zip((1, 3), volumes, strict=True)]
+    for text in (
+        (tmp_path / "slices.csv").read_text(), (tmp_path / "series.csv").read_text(),
+        " ".join(p.name for p in explain_dir.iterdir()),
+    ):
+        assert "DOE" not in text and "4711" not in text
+
+
+def probability_of_hu(model, processor, hu) -> float:
+    with torch.no_grad():
+        return float(torch.sigmoid(model(processor(hu, return_tensors="pt")["pixel_values"]).logits[0, 0]))
+
+
+def test_zip_and_nifti_of_a_series_score_like_its_folder(tmp_path, tiny_model_dir):
+    hu = series_hu(3, 5)
+    paths = write_ct_series(tmp_path / "folder", hu, (2.0, 0.8, 0.8), scramble=1)
+    with zipfile.ZipFile(tmp_path / "series.zip", "w") as archive:
+        for path in paths:
+            archive.write(path, f"export/{Path(path).name}")
+    write_ct_nifti(tmp_path / "series.nii.gz", np.round(hu), (2.0, 0.8, 0.8), axcodes=("L", "P", "I"))
+    status, slices, series = run_series(
+        [tmp_path / "folder", tmp_path / "series.zip", tmp_path / "series.nii.gz"], tiny_model_dir, tmp_path
+    )
+    assert status == 0 and len(series) == 3 and len(slices) == 15
+    sources = [str(tmp_path / name) for name in ("folder", "series.zip", "series.nii.gz")]
+    assert [row["source"] for row in series] == sources
+    by_source = [[float(r["probability"]) for r in slices[5 * k : 5 * (k + 1)]] for k in range(3)]
+    assert by_source[1] == pytest.approx(by_source[0], abs=1e-6)
+    assert by_source[2] == pytest.approx(by_source[0], abs=1e-6)
+    assert slices[5]["path"].startswith(str(tmp_path / "series.zip" / "export"))
+    assert {slices[10]["path"]} == {str(tmp_path / "series.nii.gz")}
+
+
+def test_a_damaged_zip_is_one_error_row_in_each_csv(tmp_path, tiny_model_dir):
+    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    status, slices, series = run_series([tmp_path / "broken.zip"], tiny_model_dir, tmp_path)
+    assert status == 1
+    assert [(r["status"], r["error"]) for r in slices] == [("error", "not a readable zip file (BadZipFile)")]
+    assert [(r["source"], r["status"], r["error"]) for r in series] == [
+        (str(tmp_path / "broken.zip"), "error", "not a readable zip file (BadZipFile)")
+    ]
+
+
+def test_two_processes_write_the_same_csvs_as_one(pacs_export, tiny_model_dir, tmp_path):
+    nifti = write_ct_nifti(tmp_path / "volume.nii", series_hu(4, 4), (3.0, 0.8, 0.8))
+    outputs = {}
+    for processes in (1, 2):
+        slices, series = tmp_path / f"slices{processes}.csv", tmp_path / f"series{processes}.csv"
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--cpu",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+            "-m", "modeling.predict", str(pacs_export), nifti, "--model", str(tiny_model_dir),
+            "--output", str(slices), "--series-output", str(series), "--batch-size", "4",
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 1, result.stderr[-3000:]  # the localizer and the MR
+        assert result.stderr.count("predicted,") == 1  # only the main process reports
+        outputs[processes] = (read_rows(slices), read_rows(series))
+    for one, two in zip(outputs[1], outputs[2], strict=True):
+        assert len(one) == len(two) and len(one) > 0
+        for row_one, row_two in zip(one, two, strict=True):
+            assert float(row_one["probability"] or 0) == pytest.approx(float(row_two["probability"] or 0), abs=1e-6)
+            assert {k: v for k, v in row_one.items() if k != "probability"} == {
+                k: v for k, v in row_two.items() if k != "probability"
+            }
+    assert len(outputs[1][1]) == 3  # two series in the folder and the NIfTI volume
