@@ -12,7 +12,16 @@ from PIL import Image
 
 from modeling import CTImageProcessor
 from training.dicom_writer import ct_dataset
-from training.prepare import CLASS_NAMES, Record, Slice, main, mask_at_size, prepare_dataset, split_patients
+from training.prepare import (
+    CLASS_NAMES,
+    Record,
+    Slice,
+    main,
+    mask_at_size,
+    parse_slices,
+    prepare_dataset,
+    split_patients,
+)
 
 SIZE = 64
 
@@ -294,3 +303,13 @@ def test_pixel_spacing_mm_prepares_at_that_spacing_and_the_trained_processor_kee
     assert processor_from_info(info).pixel_spacing_mm == 4.0
     assert processor_from_info(info, image_size=2 * SIZE).pixel_spacing_mm == 2.0  # same field of view in mm
     assert json.loads((tmp_path / "ds" / "prepare_info.json").read_text())["pixel_spacing_mm"] == 4.0
+
+
+def test_slices_column_reads_ranges_and_lists_in_volume_order():
+    assert parse_slices("12-14", 20) == [12, 13, 14]
+    assert parse_slices("12,14,15", 20) == [12, 14, 15]
+    assert parse_slices(" 3-5, 9,4 ", 10) == [3, 4, 5, 9]
+    for text, message in (("5-3", "5-3 runs backwards"), ("20", "out of range"), ("1-", "expected indices"),
+                          ("a,b", "expected indices"), ("-2", "expected indices")):
+        with pytest.raises(ValueError, match=message):
+            parse_slices(text, 20)

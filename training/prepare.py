@@ -182,11 +182,13 @@ def parse_slices(text: str, n_slices: int) -> List[int]:
     """A `slices` value (`12-18`, `12,14,15`, or both: `3-5,9`) -> sorted indices into `n_slices` slices."""
     indices = set()
     for part in text.replace(" ", "").split(","):
-        first, _, last = part.partition("-")
-        if not (first.isdigit() and (last.isdigit() or not last)):
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
             raise ValueError(f"slices {text!r}: expected indices such as 12-18 or 12,14,15")
-        first, last = int(first), int(last or first)
-        if first > last or last >= n_slices:
+        first, last = int(first), int(last) if dash else int(first)
+        if first > last:
+            raise ValueError(f"slices {text!r}: {part} runs backwards")
+        if last >= n_slices:
             raise ValueError(f"slices {text!r}: out of range, the volume has {n_slices} slices (0-{n_slices - 1})")
         indices.update(range(first, last + 1))
     return sorted(indices)
@@ -207,7 +209,8 @@ def _keep_freed_memory() -> None:
 
     Each 512 px slice passes through a few 0.5-2 MB arrays; by default glibc maps every one afresh and
     unmaps it when freed, and faulting those pages in costs as much as decoding the file (measured in
-    benchmarks/ingest.py). Elsewhere (macOS, Windows, musl) this does nothing.
+    benchmarks/ingest.py). With one reader this applies to the calling process and stays. Elsewhere
+    (macOS, Windows, musl) it does nothing.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
