@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import timm  # noqa: E402
+import timm
 
-from training.train import CONFIG_DIR, build_model, train  # noqa: E402
+from training.train import CONFIG_DIR, build_model, train
 
 FROZEN_STAGES = 2  # the paper's: stem + stages 1 and 2
 

@@ -40,20 +40,20 @@ if "GRADIO_TEMP_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
-from gradio.components.label import LabelData  # noqa: E402
-from gradio.data_classes import ImageData  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402
-from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
+import gradio as gr
+import numpy as np
+from gradio.components.label import LabelData
+from gradio.data_classes import ImageData
+from matplotlib.figure import Figure
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from modeling import METASTATIC_LABEL as METASTATIC  # noqa: E402
-from modeling import NON_METASTATIC_LABEL as NON_METASTATIC  # noqa: E402
-from modeling.ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom, technical_metadata  # noqa: E402
-from modeling.ct_volume import NIFTI_SUFFIXES, CTVolume, read_ct_volumes  # noqa: E402
-from modeling.explain import explain, overlay  # noqa: E402
-from modeling.predict import score_volume  # noqa: E402
+from modeling import METASTATIC_LABEL as METASTATIC
+from modeling import NON_METASTATIC_LABEL as NON_METASTATIC
+from modeling.ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom, technical_metadata
+from modeling.ct_volume import NIFTI_SUFFIXES, CTVolume, read_ct_volumes
+from modeling.explain import explain, overlay
+from modeling.predict import score_volume
 
 QUICKSTART_MODEL = HERE.parent / "quickstart_output" / "run" / "best"
 EXAMPLES_DIR = HERE / "examples"

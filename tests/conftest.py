@@ -7,13 +7,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from torch import nn
 
-from benchmarks.serving import serve_demo  # noqa: E402
-from modeling import (  # noqa: E402
+from benchmarks.serving import serve_demo
+from modeling import (
     CLASS_NAMES,
     CTImageProcessor,
     DualAttentionResNetConfig,
