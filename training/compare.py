@@ -81,8 +81,8 @@ def gradcam_localisation(metrics: dict) -> dict:
     return {name: gradcam.get(name) for name in ("pointing_game", "energy_in_mask")}
 
 
-def write_tables(rows: list, output_dir: str, settings: dict) -> str:
-    """comparison.csv (flat numbers) and comparison.md (the paper-style table); returns the markdown."""
+def _write_csv(rows: list, path: str) -> None:
+    """comparison.csv: one row per model, flat numbers (value and interval of each metric, ΔAUC, localisation)."""
     fields = ["key", "model", "backbone", "attention", "threshold", "n"]
     for name in METRIC_NAMES:
         fields += [name, f"{name}_ci_low", f"{name}_ci_high"]
@@ -95,7 +95,7 @@ def write_tables(rows: list, output_dir: str, settings: dict) -> str:
         "gradcam_energy_in_mask",
         "paper_auc",
     ]
-    with open(os.path.join(output_dir, "comparison.csv"), "w", newline="") as handle:
+    with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for row in rows:
@@ -126,6 +126,10 @@ def write_tables(rows: list, output_dir: str, settings: dict) -> str:
                 )
             writer.writerow(flat)
 
+
+def write_tables(rows: list, output_dir: str, settings: dict) -> str:
+    """comparison.csv (flat numbers) and comparison.md (the paper-style table); returns the markdown."""
+    _write_csv(rows, os.path.join(output_dir, "comparison.csv"))
     header = (
         "| model | "
         + " | ".join(METRIC_NAMES)
