@@ -201,3 +201,36 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def user_inputs(work: Path, seed: int):
+    """What a user brings to a fresh process: `(hu (96, 96), CT DICOM path, windowed PNG path)` in `work`."""
+    from PIL import Image
+
+    from training.dicom_writer import write_ct_dicom
+
+    rng = np.random.default_rng(seed)
+    hu = rng.uniform(-300, 400, size=(96, 96)).round()
+    dicom_path = write_ct_dicom(work / "slice.dcm", hu)
+    png_path = work / "slice.png"
+    Image.fromarray(rng.integers(0, 256, size=(80, 80), dtype=np.uint8)).save(png_path)
+    return hu, dicom_path, png_path
+
+
+def run_user_script(script_text: str, work: Path, *args) -> dict:
+    """Runs `script_text` as a user's script in `work`, in a fresh interpreter that cannot import this
+    repository (no PYTHONPATH, cwd outside it) and offline; returns the JSON its last line printed."""
+    import json
+    import subprocess
+    import sys
+
+    script = work / "user.py"
+    script.write_text(script_text)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(work / "hf_modules"))
+    completed = subprocess.run(
+        [sys.executable, str(script), *map(str, args)], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
