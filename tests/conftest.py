@@ -1,6 +1,7 @@
 """Shared fixtures. Nothing here touches the network: tiny random models, synthetic DICOMs."""
 
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -75,6 +76,15 @@ def structured_pixels(batch=2, size=TINY_SIZE, seed=0):
         slices.append(image + rng.normal(0, 0.03, image.shape))
     unit = torch.tensor(np.stack(slices), dtype=torch.float32)[:, None].expand(-1, 3, -1, -1)
     return (unit - 0.3) / 0.25
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_tempdir(tmp_path_factory):
+    """In-process temporary files go under pytest's folder: gradio_client leaves an empty folder in the
+    temp dir for every file it downloads, and the suite should not litter /tmp."""
+    tempfile.tempdir = str(tmp_path_factory.mktemp("tempdir"))
+    yield
+    tempfile.tempdir = None
 
 
 @pytest.fixture(scope="session")
