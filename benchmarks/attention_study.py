@@ -151,7 +151,8 @@ def plot_peaks(diagnosis: dict, title: str, path: str) -> None:
         axis.imshow(counts, cmap="viridis")
         for (row, column), count in np.ndenumerate(counts):
             if counts.size <= 64 or count:
-                axis.text(column, row, str(count), ha="center", va="center", color="white", fontsize=8)
+                colour = "black" if count > counts.max() / 2 else "white"  # readable on viridis' yellow and purple
+                axis.text(column, row, str(count), ha="center", va="center", color=colour, fontsize=8)
         axis.set(title=name, xticks=[], yticks=[])
     figure.suptitle(f"{title}: cells of the {diagnosis['grid'][0]} x {diagnosis['grid'][1]} attention map")
     figure.tight_layout()
