@@ -93,51 +93,61 @@ def whole_dataset(data: str) -> str:
 
 @torch.no_grad()
 def attention_peak_diagnosis(model_dir: str, data: str, split: str = "test") -> dict:
-    """Where the spatial map peaks on `split`, at the map's own resolution `(h, w)`, and whether it
-    depends on the image.
-
-    Returns `{"grid": [h, w], "peak_counts": (h, w) list, "lesion_counts": (h, w) list, "n", "n_lesion",
-    "modal_peak_share", "mean_pairwise_correlation", "mean_range", "cell_hits"}`: peak counts over all
-    slices; lesion counts: the cell holding most of the lesion on each metastatic slice with a mask;
-    `cell_hits`: share of those slices whose peak cell holds lesion pixels.
-    """
+    """`peak_statistics` of the model's spatial maps on `split`, at the map's own resolution."""
     model, processor = load_model(model_dir)
     dataset_dict, info = load_prepared(data)
     inputs = model_inputs(dataset_dict, info, processor)[split]
     maps = torch.cat([
         model(pixel_values=batch["pixel_values"]).spatial_attention[:, 0]
         for batch in DataLoader(inputs, batch_size=64)
-    ]).double()  # (n, h, w)
+    ])
+    raw = dataset_dict[split]
+    lesion_rows = [i for i, (label, has_mask) in enumerate(zip(raw["label"], raw["has_mask"], strict=True))
+                   if label == 1 and has_mask]
+    masks = torch.as_tensor(np.stack([np.asarray(raw[i]["mask"]) for i in lesion_rows]))
+    return peak_statistics(maps, masks, lesion_rows)
+
+
+def peak_statistics(maps: torch.Tensor, lesion_masks: torch.Tensor, lesion_rows) -> dict:
+    """Where maps peak and whether they depend on the image.
+
+    Args:
+        maps: `(n, h, w)` spatial attention maps at their own resolution.
+        lesion_masks: `(m, H, W)` lesion masks of the slices `lesion_rows` (m indices into `maps`), at
+            input resolution; each is averaged onto the `(h, w)` grid.
+    Returns `{"grid": [h, w], "n", "peak_counts": (h, w) list, "n_lesion", "lesion_counts": (h, w) list,
+    "modal_peak_share", "mean_pairwise_correlation", "mean_range", "cell_hits"}`: `peak_counts` counts
+    the peak cells over all maps; `lesion_counts` the cell holding most of each lesion;
+    `modal_peak_share` the share of maps peaking at the most common cell; `mean_pairwise_correlation`
+    the mean Pearson correlation between the maps of two different slices (1: one map whatever the
+    image; constant maps left out); `mean_range` the mean of max - min; `cell_hits` the share of lesion
+    slices whose peak cell holds lesion pixels.
+    """
+    maps = maps.double()
     n, h, w = maps.shape
     flat = maps.flatten(1)
     peaks = flat.argmax(1)
     peak_counts = torch.bincount(peaks, minlength=h * w)
 
-    # Pearson correlation between the maps of two different slices (constant maps left out).
-    spread = flat.std(1)
-    varied = flat[spread > 0]
+    varied = flat[flat.std(1) > 0]
     standardised = (varied - varied.mean(1, keepdim=True)) / varied.std(1, correction=0, keepdim=True)
     correlation = standardised @ standardised.T / (h * w)
     off_diagonal = correlation[~torch.eye(len(varied), dtype=torch.bool)]
 
-    raw = dataset_dict[split]
-    lesion_rows = [i for i, (label, has_mask) in enumerate(zip(raw["label"], raw["has_mask"], strict=True))
-                   if label == 1 and has_mask]
-    masks = torch.as_tensor(np.stack([np.asarray(raw[i]["mask"]) for i in lesion_rows]))[:, None].double()
-    share_in_cell = F.adaptive_avg_pool2d(masks, (h, w)).flatten(1)  # (m, h * w): lesion share per cell
+    share_in_cell = F.adaptive_avg_pool2d(lesion_masks[:, None].double(), (h, w)).flatten(1)  # (m, h * w)
     shown = share_in_cell.amax(1) > 0
-    lesion_cells = share_in_cell[shown].argmax(1)
-    cell_hits = share_in_cell[shown].gather(1, peaks[lesion_rows][shown][:, None])[:, 0] > 0
+    lesion_peaks = peaks[torch.as_tensor(lesion_rows, dtype=torch.long)][shown]
+    cell_hits = share_in_cell[shown].gather(1, lesion_peaks[:, None])[:, 0] > 0
     return {
         "grid": [h, w],
         "n": n,
         "peak_counts": peak_counts.view(h, w).tolist(),
         "n_lesion": int(shown.sum()),
-        "lesion_counts": torch.bincount(lesion_cells, minlength=h * w).view(h, w).tolist(),
+        "lesion_counts": torch.bincount(share_in_cell[shown].argmax(1), minlength=h * w).view(h, w).tolist(),
         "modal_peak_share": float(peak_counts.max() / n),
         "mean_pairwise_correlation": float(off_diagonal.mean()) if len(off_diagonal) else float("nan"),
         "mean_range": float((flat.amax(1) - flat.amin(1)).mean()),
-        "cell_hits": float(cell_hits.double().mean()),
+        "cell_hits": float(cell_hits.double().mean()) if len(cell_hits) else float("nan"),
     }
 
 
