@@ -1,19 +1,25 @@
 """Data-path throughput, measured in one run on the same files.
 
-1. `training.prepare` (read, window, resize, split, save) against bare `pydicom.dcmread(...).pixel_array`,
-   per core. Goal: prepare >= 0.5x the bare decode rate per core.
-2. The training loader (augmented, normalised batches) against one ResNet-50 dual-attention training
+1. `training.prepare` with one reader (read, window, resize, masks, split, write Arrow) against bare
+   `pydicom.dcmread(path).pixel_array` on the same 512 px slices, both in this process (interpreter
+   start and imports excluded). Goal: >= 0.5x.
+2. `training.prepare` with `--workers` readers against `--workers` x the one-reader rate: the scaling
+   efficiency (near 1 = linear). It needs that many free cores to mean anything.
+3. The training loader (augmented, normalised batches) against one ResNet-50 dual-attention training
    step on the CPU. Goal: the loader is never the bottleneck (ratio > 1 with one loader process).
 
-    python benchmarks/ingest.py [--n-per-class 40] [--native-size 512] [--size 224] [--workers 2]
+Each timing is the best of `--repeats` rounds, taken in turn, so that a busy machine hurts all alike;
+CPU time (this process and the reader pool) is printed next to wall time: other load disturbs it less.
+
+    python benchmarks/ingest.py [--n-per-class 60] [--native-size 512] [--size 224] [--workers 2] [--repeats 3]
 """
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 
-import numpy as np
 import pydicom
 import torch
 
@@ -29,61 +35,91 @@ def timed(function):
     return result, time.perf_counter() - start
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (prepare's reader pool), user + system."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def wall_and_cpu(function):
+    """(wall seconds, CPU seconds) of `function()`."""
+    cpu = cpu_seconds()
+    _, wall = timed(function)
+    return wall, cpu_seconds() - cpu
+
+
+def loader_against_training_step(data_dir: str, size: int, batch_size: int, batches: int):
+    """(loader images/s, ResNet-50 dual-attention training images/s) on the prepared train split."""
+    dataset_dict, info = load_prepared(data_dir)
+    loader = torch.utils.data.DataLoader(
+        torch_splits(dataset_dict, info)["train"], batch_size=batch_size, shuffle=True, num_workers=0)
+    stream = iter(loader)
+    next(stream)  # warm-up
+    _, load_s = timed(lambda: [next(stream) for _ in range(batches)])
+
+    model = DualAttentionResNetForImageClassification(DualAttentionResNetConfig(backbone="resnet50", image_size=size))
+    optimizer = torch.optim.Adam([p for p in model.train().parameters() if p.requires_grad], lr=1e-4)
+    batch = next(iter(loader))
+
+    def step():
+        loss = model(batch["pixel_values"], labels=batch["labels"]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up
+    _, step_s = timed(lambda: [step() for _ in range(batches)])
+    return batches * batch_size / load_s, batches * batch_size / step_s
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n-per-class", type=int, default=40)
+    parser.add_argument("--n-per-class", type=int, default=60)
     parser.add_argument("--native-size", type=int, default=512, help="rows = columns of the DICOMs (CT: 512)")
     parser.add_argument("--size", type=int, default=224, help="model input size")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="prepare's reader processes")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="readers for the scaling run")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=3, help="loader/training batches timed (0: skip part 3)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as scratch:
         phantom = os.path.join(scratch, "phantom")
-        generate_phantom(phantom, args.n_per_class, seed=0, image_size=args.native_size, progress=False)
-        paths = [os.path.join(root, name) for root, _, names in os.walk(phantom) for name in names if name.endswith(".dcm")]
+        manifest = generate_phantom(phantom, args.n_per_class, seed=0, image_size=args.native_size, progress=False)
+        paths = [os.path.join(root, name) for root, _, names in os.walk(phantom) for name in names
+                 if name.endswith(".dcm")]
+        runs = {
+            "bare": lambda: [pydicom.dcmread(path).pixel_array for path in paths],
+            "one": lambda: prepare_dataset(manifest, os.path.join(scratch, "ds1"), size=args.size, num_workers=1),
+            "many": lambda: prepare_dataset(manifest, os.path.join(scratch, "ds_many"), size=args.size,
+                                            num_workers=args.workers),
+        }
+        wall, cpu = {name: float("inf") for name in runs}, {name: float("inf") for name in runs}
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                run_wall, run_cpu = wall_and_cpu(run)
+                wall[name], cpu[name] = min(wall[name], run_wall), min(cpu[name], run_cpu)
+        if args.batches:
+            load_rate, train_rate = loader_against_training_step(
+                os.path.join(scratch, "ds1"), args.size, args.batch_size, args.batches)
 
-        _, bare_s = timed(lambda: [pydicom.dcmread(path).pixel_array for path in paths])
-        bare_rate = len(paths) / bare_s
-        output = os.path.join(scratch, "ds")
-        _, prepare_s = timed(lambda: prepare_dataset(
-            os.path.join(phantom, "manifest.csv"), output, size=args.size, num_workers=args.workers))
-        prepare_rate = len(paths) / prepare_s
-        workers = min(args.workers, max(1, len(paths) // 8))  # as prepare caps it
-
-        dataset_dict, info = load_prepared(output)
-        loader = torch.utils.data.DataLoader(
-            torch_splits(dataset_dict, info)["train"], batch_size=args.batch_size, shuffle=True, num_workers=0)
-        batches = iter(loader)
-        next(batches)  # warm-up
-        _, load_s = timed(lambda: [next(batches) for _ in range(args.batches)])
-        load_rate = args.batches * args.batch_size / load_s
-
-        config = DualAttentionResNetConfig(backbone="resnet50", image_size=args.size)
-        model = DualAttentionResNetForImageClassification(config).train()
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        batch = next(iter(loader))
-
-        def step():
-            loss = model(batch["pixel_values"], labels=batch["labels"]).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-        step()  # warm-up
-        _, step_s = timed(lambda: [step() for _ in range(args.batches)])
-        train_rate = args.batches * args.batch_size / step_s
-
-    print(f"\nfiles: {len(paths)} CT DICOMs {args.native_size}x{args.native_size}, model size {args.size}, "
-          f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
-    print(f"bare pydicom decode (1 process):   {bare_rate:8.1f} slices/s")
-    print(f"prepare end to end ({workers} processes): {prepare_rate:8.1f} slices/s = {prepare_rate / workers:.1f} per core")
-    print(f"prepare per core / bare decode:    {prepare_rate / workers / bare_rate:8.2f}x  (goal >= 0.5)")
-    print(f"loader, augmented (1 process):     {load_rate:8.1f} images/s")
-    print(f"ResNet-50 dual-attention training: {train_rate:8.1f} images/s (batch {args.batch_size})")
-    print(f"loader / training step:            {load_rate / train_rate:8.2f}x  (goal > 1: loader not the bottleneck)")
+    n = len(paths)
+    print(f"\nfiles: {n} CT DICOMs {args.native_size}x{args.native_size} with lesion masks, model size "
+          f"{args.size}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}, best of {args.repeats}")
+    print("                                   wall slices/s   CPU ms/slice")
+    for name, label in (("bare", "bare pydicom decode (1 process)"), ("one", "prepare, 1 reader"),
+                        ("many", f"prepare, {args.workers} readers")):
+        print(f"{label:34s} {n / wall[name]:10.1f} {1000 * cpu[name] / n:14.2f}")
+    print(f"prepare 1 reader / bare decode:    wall {wall['bare'] / wall['one']:.2f}x, "
+          f"CPU {cpu['bare'] / cpu['one']:.2f}x  (goal >= 0.5)")
+    scaling = wall["one"] / (args.workers * wall["many"])
+    print(f"{args.workers} readers / ({args.workers} x 1 reader):   wall {scaling:.2f}, "
+          f"CPU per slice {cpu['one'] / cpu['many']:.2f}  (1 = linear; wall needs {args.workers} idle cores)")
+    if args.batches:
+        print(f"loader, augmented (1 process):         {load_rate:8.1f} images/s")
+        print(f"ResNet-50 dual-attention training:     {train_rate:8.1f} images/s (batch {args.batch_size})")
+        print(f"loader / training step:                {load_rate / train_rate:8.2f}x  (goal > 1)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 - per epoch of a short from-scratch training run: loss, validation and test AUC, wall and CPU seconds.
 
     python -m training.phantom PH --n-per-class 150 --seed 0
-    python -m training.prepare PH/manifest.csv --output DS --size 128
+    python -m training.prepare PH/manifest.csv --output DS --size 128 --pixel-spacing-mm 2.5  # as the quickstart
     python benchmarks/phantom_learnability.py DS [--backbone resnet10t] [--epochs 20] [--batch-size 16] [--lr 1e-3]
 """
 

@@ -6,12 +6,22 @@ import shutil
 
 import datasets
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
 from modeling import CTImageProcessor
-from training.dicom_writer import ct_dataset, write_ct_dicom
-from training.prepare import CLASS_NAMES, Record, Slice, main, prepare_dataset, split_patients
+from training.dicom_writer import ct_dataset
+from training.prepare import (
+    CLASS_NAMES,
+    Record,
+    Slice,
+    main,
+    mask_at_size,
+    parse_slices,
+    prepare_dataset,
+    split_patients,
+)
 
 SIZE = 64
 
@@ -45,7 +55,7 @@ def test_manifest_gives_a_loadable_patient_grouped_dataset(prepared_dataset, pha
                 or patients["validation"] & patients["test"])
     manifest = {row["path"]: row for row in manifest_rows(phantom_dir / "manifest.csv")}
     for split in dataset_dict.values():
-        for source, patient_id, label in zip(split["source"], split["patient_id"], split["label"]):
+        for source, patient_id, label in zip(split["source"], split["patient_id"], split["label"], strict=True):
             assert manifest[source]["patient_id"] == patient_id  # the manifest's pseudonym is kept
             assert CLASS_NAMES[label] == manifest[source]["label"]
     assert sum(len(split) for split in dataset_dict.values()) == len(manifest)
@@ -181,3 +191,125 @@ def test_png_dir_round_trips_through_prepare(phantom_dir, tmp_path):
         assert patients_by_split(first)[name] == patients_by_split(again)[name]  # same patients, same seed
         np.testing.assert_allclose(np.asarray(first[name].with_format("numpy")["image"]),
                                    np.asarray(again[name].with_format("numpy")["image"]), atol=1e-4)
+
+
+def test_mask_resized_around_the_lesion_equals_a_full_resize():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        rows, columns, size = (int(n) for n in rng.integers(40, 520, 3))
+        native = np.zeros((rows, columns), np.uint8)
+        top, left = rng.integers(0, rows), rng.integers(0, columns)
+        native[top:top + rng.integers(1, 40), left:left + rng.integers(1, 40)] = 255
+        full = np.asarray(Image.fromarray(native).resize((size, size), Image.Resampling.BILINEAR))
+        ours = mask_at_size(Image.fromarray(native), size)
+        differs = ours != (full >= 128)
+        assert np.all(np.abs(full[differs].astype(int) - 128) <= 1)  # only ties at the threshold may differ
+        assert ours.sum() > 0 or full.max() < 128
+    assert not mask_at_size(Image.new("L", (64, 48)), 32).any()
+
+
+@pytest.fixture(scope="module")
+def phantom_volumes(tmp_path_factory):
+    """6 phantom patients per class as volumes (DICOM series + NIfTI + NIfTI node masks), 64 px, 8-10 sections."""
+    from training.phantom import generate_phantom_volumes
+
+    path = tmp_path_factory.mktemp("volumes")
+    generate_phantom_volumes(path, n_per_class=6, seed=1, image_size=64, n_slices=(8, 10), progress=False,
+                             num_workers=1)
+    return path
+
+
+def test_phantom_volumes_prepare_into_patient_grouped_slices_with_their_own_masks(phantom_volumes, tmp_path):
+    from modeling.ct_volume import read_ct_volumes
+
+    dataset_dict = prepare_dataset(phantom_volumes / "manifest.csv", tmp_path / "ds", size=SIZE, num_workers=2)
+    rows = {row["path"]: row for row in manifest_rows(phantom_volumes / "manifest.csv")}
+    patients = patients_by_split(dataset_dict)
+    assert not (patients["train"] & patients["validation"] or patients["train"] & patients["test"]
+                or patients["validation"] & patients["test"])
+    stored = {}
+    for split in dataset_dict.values():
+        for item in split.with_format("numpy"):
+            path, index = item["source"][:-1].split("[")
+            assert rows[path]["patient_id"] == item["patient_id"] and item["has_mask"]
+            stored[(path, int(index))] = item
+    expected = set()
+    for path, row in rows.items():
+        (volume,) = read_ct_volumes(phantom_volumes / path)
+        (mask,) = read_ct_volumes(phantom_volumes / row["mask_path"])
+        for k in np.flatnonzero((mask.hu > 0.5).any(axis=(1, 2))):
+            expected.add((path, int(k)))
+            item = stored[(path, int(k))]
+            processor = CTImageProcessor(size=SIZE, do_normalize=False)
+            np.testing.assert_allclose(item["image"], processor(volume.hu[k])["pixel_values"][0, 0].numpy(), atol=1e-6)
+            np.testing.assert_array_equal(item["mask"], mask.hu[k] > 0.5)  # native 64 px: its own slice's mask
+            assert CLASS_NAMES[item["label"]] == row["label"]
+    assert set(stored) == expected
+
+
+def test_volume_rows_by_slices_nifti_and_zip_and_bad_volume_rows_listed(phantom_volumes, tmp_path):
+    rows = [dict(row) for row in manifest_rows(phantom_volumes / "manifest.csv")]
+    for row in rows:
+        row.update(path=str(phantom_volumes / row["path"]), mask_path=str(phantom_volumes / row["mask_path"]),
+                   slices="")
+    first, second = rows[0]["patient_id"], rows[1]["patient_id"]
+    rows[0].update(path=str(phantom_volumes / "nifti" / f"{first}.nii.gz"), mask_path="", slices="2-4")
+    zipped = shutil.make_archive(str(tmp_path / "series"), "zip", phantom_volumes / "series" / second)
+    rows[1].update(path=zipped, slices="0,5")  # the mask stays: slices 0 and 5 with their own masks
+    two_series = tmp_path / "two"
+    shutil.copytree(phantom_volumes / "series" / first, two_series / "a")
+    shutil.copytree(phantom_volumes / "series" / second, two_series / "b")
+    bad = [
+        {"path": str(phantom_volumes / "series" / first), "label": "metastatic", "patient_id": "X1"},
+        {"path": str(phantom_volumes / "series" / first), "label": "metastatic", "patient_id": "X2", "slices": "3-99"},
+        {"path": str(phantom_volumes / "series" / first), "label": "metastatic", "patient_id": "X3",
+         "mask_path": str(phantom_volumes / "masks" / f"{rows[-1]['patient_id']}.nii.gz")},
+        {"path": str(two_series), "label": "metastatic", "patient_id": "X4", "slices": "1"},
+        {"path": str(tmp_path / "series.zip"), "label": "metastatic", "patient_id": "X5", "slices": "one"},
+    ]
+    columns = ("path", "label", "patient_id", "mask_path", "slices")
+    manifest = write_manifest(tmp_path / "manifest.csv", [{key: r.get(key, "") for key in columns} for r in rows + bad])
+    dataset_dict = prepare_dataset(manifest, tmp_path / "ds", size=32, num_workers=1)
+    items = {item["source"]: item for split in dataset_dict.values() for item in split}
+    nifti_items = [item for source, item in items.items() if source.startswith(rows[0]["path"])]
+    assert sorted(source[-3:] for source in items if source.startswith(rows[0]["path"])) == ["[2]", "[3]", "[4]"]
+    assert not any(item["has_mask"] for item in nifti_items)
+    assert sorted(source[-3:] for source in items if source.startswith(zipped)) == ["[0]", "[5]"]
+    assert all(items[f"{zipped}[{k}]"]["has_mask"] for k in (0, 5))
+    bad_paths = {r["path"] for r in bad}
+    listed = [row for row in manifest_rows(tmp_path / "ds" / "bad_files.csv") if row["path"] in bad_paths]
+    reasons = dict(zip([r["patient_id"] for r in bad], [row["reason"] for row in listed], strict=True))
+    assert reasons["X1"].startswith("a volume row needs a mask_path")
+    assert reasons["X2"].startswith("slices '3-99': out of range, the volume has")
+    assert reasons["X3"].startswith("the mask's grid")
+    assert reasons["X4"] == "2 CT series in it; give each series (its own folder) its own row"
+    assert reasons["X5"] == "slices 'one': expected indices such as 12-18 or 12,14,15"
+
+
+def test_pixel_spacing_mm_prepares_at_that_spacing_and_the_trained_processor_keeps_it(phantom_dir, tmp_path):
+    from training.data import load_prepared, processor_from_info
+
+    prepare_dataset(phantom_dir / "manifest.csv", tmp_path / "ds", size=SIZE, num_workers=1, pixel_spacing_mm=4.0)
+    dataset_dict, info = load_prepared(tmp_path / "ds")
+    assert info["pixel_spacing_mm"] == 4.0
+    processor = CTImageProcessor(size=SIZE, do_normalize=False, pixel_spacing_mm=4.0)
+    masks = {row["path"]: row["mask_path"] for row in manifest_rows(phantom_dir / "manifest.csv")}
+    for item in dataset_dict["train"].with_format("numpy").select(range(3)):
+        expected = processor(str(phantom_dir / item["source"]))["pixel_values"][0, 0].numpy()
+        np.testing.assert_allclose(item["image"], expected, atol=1e-6)
+        native = np.asarray(Image.open(phantom_dir / masks[item["source"]])) > 0
+        spacing = float(pydicom.dcmread(phantom_dir / item["source"]).PixelSpacing[0])
+        assert item["mask"].sum() == pytest.approx(native.sum() * (spacing / 4.0) ** 2, rel=0.35)  # same mm^2
+    assert processor_from_info(info).pixel_spacing_mm == 4.0
+    assert processor_from_info(info, image_size=2 * SIZE).pixel_spacing_mm == 2.0  # same field of view in mm
+    assert json.loads((tmp_path / "ds" / "prepare_info.json").read_text())["pixel_spacing_mm"] == 4.0
+
+
+def test_slices_column_reads_ranges_and_lists_in_volume_order():
+    assert parse_slices("12-14", 20) == [12, 13, 14]
+    assert parse_slices("12,14,15", 20) == [12, 14, 15]
+    assert parse_slices(" 3-5, 9,4 ", 10) == [3, 4, 5, 9]
+    for text, message in (("5-3", "5-3 runs backwards"), ("20", "out of range"), ("1-", "expected indices"),
+                          ("a,b", "expected indices"), ("-2", "expected indices")):
+        with pytest.raises(ValueError, match=message):
+            parse_slices(text, 20)

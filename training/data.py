@@ -26,10 +26,14 @@ def load_prepared(path) -> Tuple[datasets.DatasetDict, dict]:
 
 
 def processor_from_info(info: dict, image_size: Optional[int] = None) -> CTImageProcessor:
-    """The model's processor with the dataset's window, size and train-split mean/std."""
+    """The model's processor with the dataset's window, size, pixel spacing and train-split mean/std."""
+    size = image_size or info["size"]
+    spacing = info.get("pixel_spacing_mm")
     return CTImageProcessor(
         window_center=info["window_center"], window_width=info["window_width"],
-        size=image_size or info["size"], image_mean=info["image_mean"], image_std=info["image_std"],
+        size=size, image_mean=info["image_mean"], image_std=info["image_std"],
+        # the loader resizes the prepared field of view to `size`: the same millimetres, other pixels
+        pixel_spacing_mm=spacing * info["size"] / size if spacing else None,
     )
 
 

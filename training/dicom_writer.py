@@ -173,6 +173,7 @@ def write_ct_series(
             study_uid=study_uid,
             series_uid=series_uid,
             instance_number=int(order[k]) + 1,
+            sop_uid=deterministic_uid(series_uid, k),  # the same volume gives the same files
             pixel_spacing=(stored_spacing[1], stored_spacing[2]),
             slice_thickness=float(stored_spacing[0]),
             slice_location=float(position[2]),

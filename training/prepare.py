@@ -1,56 +1,83 @@
-"""CT slices and labels -> a patient-grouped, label-stratified `datasets.DatasetDict` on disk.
+"""CT slices and volumes with labels -> a patient-grouped, label-stratified `datasets.DatasetDict` on disk.
 
-    python -m training.prepare INPUT --output DS [--png-dir DIR] [--size 224] [--seed 0]
+    python -m training.prepare INPUT --output DS [--png-dir DIR] [--size 224] [--pixel-spacing-mm X] [--seed 0]
 
 INPUT is a folder with one sub-folder per class (`metastatic`/`non_metastatic`, or the paper's
-`cancer`/`normal`) or a CSV manifest `path,label[,patient_id][,mask_path]` (paths relative to the CSV;
-labels as class names or 0/1). Files are DICOM (any extension) or already-windowed PNG/JPEG/TIFF.
+`cancer`/`normal`) or a CSV manifest `path,label[,patient_id][,mask_path][,slices]` (paths relative to
+the CSV; labels as class names or 0/1). A `path` is a slice, DICOM (any extension) or already-windowed
+PNG/JPEG/TIFF with an optional mask image of the same size, or a volume: a DICOM series folder, a zip
+of one, or a NIfTI file. A volume row needs a `mask_path` (a NIfTI mask on the volume's grid: the
+slices where it is non-empty are used, each with its own lesion mask) or `slices` (`12-18` or
+`12,14,15`: indices from inferior to superior, as `modeling.ct_volume` orders them), or both.
 
-Each slice goes through the model's own `CTImageProcessor` (HU, window, resize), so training sees what
+Each slice is windowed and resized exactly as the model's `CTImageProcessor` does (with
+`--pixel-spacing-mm`, resampled to that spacing and cropped/padded to `--size`), so training sees what
 inference sees. Splits (66.7/16.7/16.7) are stratified by label and grouped by patient: `patient_id`
-from the manifest, else the DICOM PatientID, else the StudyInstanceUID. IDs read from DICOM are stored
-only as salted hashes, never as read.
+from the manifest, else the DICOM PatientID, else the StudyInstanceUID (a volume row without one is
+its own patient). IDs read from DICOM are stored only as salted hashes, never as read.
 
-Writes `DS/` (`save_to_disk`), `DS/prepare_info.json` (window, size, seed, train mean/std, counts) and
-`DS/bad_files.csv` (path,reason): every file that could not be used is listed there and on screen.
+Writes `DS/` (`save_to_disk`), `DS/prepare_info.json` (window, size, pixel spacing, seed, train
+mean/std, counts) and `DS/bad_files.csv` (path,reason): every file or row that could not be used is
+listed there and on screen.
 """
 
 import argparse
 import csv
+import ctypes
 import hashlib
 import json
 import os
 import secrets
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import torch
+from datasets.features.features import Array2DExtensionType
+from datasets.fingerprint import generate_random_fingerprint
 from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm.auto import tqdm
 
 from modeling import CLASS_NAMES, CTImageProcessor
-from modeling.ct_dicom import read_dicom
-from modeling.image_processing_ct import IMAGE_SUFFIXES
+from modeling.ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom
+from modeling.ct_volume import is_volume_file, read_ct_volumes
+from modeling.image_processing_ct import (
+    AIR_HU,
+    IMAGE_SUFFIXES,
+    apply_window,
+    read_image_file,
+    resample_to_spacing,
+    resize_slice,
+)
 
 LABEL_ALIASES = {"non_metastatic": 0, "normal": 0, "0": 0, "metastatic": 1, "cancer": 1, "1": 1}
 SPLITS = ("train", "validation", "test")
 N_FOLDS = 6  # one fold test, one validation, four train: 16.7 / 16.7 / 66.7 %
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 @dataclass
 class Record:
-    """One input slice before reading. `patient_id` is None unless a manifest gave one."""
+    """One input before reading: a slice, or a volume (series folder, zip, NIfTI) with the slices to use.
+
+    `patient_id` is None unless a manifest gave one; `slices` is a volume row's `slices` column as given.
+    """
 
     source: str  # as given (relative to the manifest or the input folder)
     path: str  # absolute path used for reading
     label: int
     patient_id: Optional[str] = None
     mask_path: Optional[str] = None
+    slices: Optional[str] = None
+
+    @property
+    def is_volume(self) -> bool:
+        return os.path.isdir(self.path) or is_volume_file(self.path)
 
 
 @dataclass
@@ -110,82 +137,252 @@ def records_from_manifest(manifest: str) -> Tuple[List[Record], List[Tuple[str, 
         reader = csv.DictReader(handle)
         missing = {"path", "label"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{manifest} lacks column(s) {sorted(missing)}; expected path,label[,patient_id][,mask_path]")
+            raise ValueError(
+                f"{manifest} lacks column(s) {sorted(missing)}; expected path,label[,patient_id][,mask_path][,slices]"
+            )
         for line, row in enumerate(reader, start=2):
             source = (row.get("path") or "").strip()
             if not source:
                 bad.append((f"{manifest}:{line}", "empty path"))
                 continue
-            path = os.path.join(base, source)
             try:
                 label = parse_label(row.get("label", ""))
             except ValueError as error:
                 bad.append((source, str(error)))
                 continue
-            if not os.path.isfile(path):
+            path = os.path.join(base, source)
+            if not os.path.exists(path):
                 bad.append((source, "listed in the manifest but missing"))
                 continue
             mask = (row.get("mask_path") or "").strip()
-            mask_path = os.path.join(base, mask) if mask else None
-            records.append(Record(source, path, label, (row.get("patient_id") or "").strip() or None, mask_path))
+            record = Record(source, path, label, (row.get("patient_id") or "").strip() or None,
+                            os.path.join(base, mask) if mask else None, (row.get("slices") or "").strip() or None)
+            reason = _row_refusal(record)
+            if reason:
+                bad.append((source, reason))
+            else:
+                records.append(record)
     return records, bad
 
 
-def _read_one(record: Record, processor: CTImageProcessor, png_dir: Optional[str], index: int):
-    """Read, window and resize one record. Returns a `Slice` or `(source, reason)`."""
+def _row_refusal(record: Record) -> Optional[str]:
+    """Why a manifest row cannot be read as given, or None."""
+    if record.is_volume:
+        if not (record.mask_path or record.slices):
+            return "a volume row needs a mask_path (a NIfTI mask on the same grid) or slices (12-18 or 12,14,15)"
+    elif record.slices:
+        return "a slices column applies to volumes (series folder, zip, NIfTI), not to one slice"
+    elif os.path.isdir(record.path):
+        return "a folder; only volume rows may name one"
+    return None
+
+
+def parse_slices(text: str, n_slices: int) -> List[int]:
+    """A `slices` value (`12-18`, `12,14,15`, or both: `3-5,9`) -> sorted indices into `n_slices` slices."""
+    indices = set()
+    for part in text.replace(" ", "").split(","):
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f"slices {text!r}: expected indices such as 12-18 or 12,14,15")
+        first, last = int(first), int(last) if dash else int(first)
+        if first > last:
+            raise ValueError(f"slices {text!r}: {part} runs backwards")
+        if last >= n_slices:
+            raise ValueError(f"slices {text!r}: out of range, the volume has {n_slices} slices (0-{n_slices - 1})")
+        indices.update(range(first, last + 1))
+    return sorted(indices)
+
+
+# Per reader process: the processor and the PNG folder, set once by `_init_reader` (not pickled per job).
+_READER: Dict[str, object] = {}
+
+
+def _init_reader(processor: CTImageProcessor, png_dir: Optional[str]) -> None:
+    torch.set_num_threads(1)  # one reader per core: torch's own threads would oversubscribe the pool
+    _keep_freed_memory()
+    _READER.update(processor=processor, png_dir=png_dir)
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc reuse freed buffers of up to 32 MB instead of handing them back to the OS.
+
+    Each 512 px slice passes through a few 0.5-2 MB arrays; by default glibc maps every one afresh and
+    unmaps it when freed, and faulting those pages in costs as much as decoding the file (measured in
+    benchmarks/ingest.py). With one reader this applies to the calling process and stays. Elsewhere
+    (macOS, Windows, musl) it does nothing.
+    """
     try:
-        group_key = record.patient_id and f"manifest:{record.patient_id}"
-        if record.path.lower().endswith(IMAGE_SUFFIXES):
-            image = record.path
-            group_key = group_key or f"file:{record.source}"  # no ID in a PNG: the file is its own group
-        else:
-            image = read_dicom(record.path)
-            dicom_id = str(image.get("PatientID", "") or "").strip() or str(image.get("StudyInstanceUID", "") or "")
-            group_key = group_key or (f"dicom:{dicom_id}" if dicom_id else f"file:{record.source}")
-        unit = processor.to_unit_range(image)
-        # Resize the windowed slice with the processor itself: under a [0, 1] "window" it is its own HU.
-        pixels = processor(unit, window_center=0.5, window_width=1.0, do_normalize=False)["pixel_values"]
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)  # keep up to 64 MB of freed heap for the next slice
+
+
+def _read_record(record: Record, index: int) -> list:
+    """One record -> its `Slice`s (one, or a volume's selected slices), or `[(source, reason)]`."""
+    reason = _row_refusal(record)
+    if reason:
+        return [(record.source, reason)]
+    try:
+        return _read_volume(record, index) if record.is_volume else [_read_slice(record, index)]
     except (ValueError, OSError) as error:
-        return record.source, str(error).splitlines()[0]
-    mask, has_mask = np.zeros(pixels.shape[-2:], np.uint8), False
+        return [(record.source, str(error).splitlines()[0])]
+
+
+def _read_slice(record: Record, index: int) -> Slice:
+    """One DICOM or windowed image (and its mask image) -> a `Slice` at the model's input size."""
+    processor = _READER["processor"]
+    group_key = record.patient_id and f"manifest:{record.patient_id}"
+    spacing = None
+    if record.path.lower().endswith(IMAGE_SUFFIXES):
+        unit = read_image_file(record.path)
+        group_key = group_key or f"file:{record.source}"  # no ID in a PNG: the file is its own group
+    else:
+        ds = read_dicom(record.path)
+        dicom_id = str(ds.get("PatientID", "") or "").strip() or str(ds.get("StudyInstanceUID", "") or "")
+        group_key = group_key or (f"dicom:{dicom_id}" if dicom_id else f"file:{record.source}")
+        unit = window_in_place(read_ct_hu(ds), processor.window_center, processor.window_width)
+        spacing = pixel_spacing_of(ds)
+    image = model_input(unit, spacing, processor)
+    mask, has_mask = np.zeros(image.shape, np.uint8), False
     if record.mask_path:
         try:
-            mask = _mask_at_size(record.mask_path, unit.shape, processor.size)
-            has_mask = True
+            mask, has_mask = _mask_file_at_size(record.mask_path, unit.shape, spacing, processor), True
         except (ValueError, OSError) as error:
-            return record.source, f"mask {os.path.basename(record.mask_path)}: {str(error).splitlines()[0]}"
-    png_path = _write_png(png_dir, index, record, unit) if png_dir else None
-    return Slice(record, pixels[0, 0].numpy(), mask, has_mask, group_key, png_path)
+            raise ValueError(f"mask {os.path.basename(record.mask_path)}: {str(error).splitlines()[0]}") from None
+    stem = os.path.splitext(os.path.basename(record.source))[0]
+    png_path = _write_png(index, stem, record.label, unit)
+    return Slice(record, image, mask, has_mask, group_key, png_path)
 
 
-def _mask_at_size(path: str, native_shape, size: int) -> np.ndarray:
-    """A lesion mask image (non-zero = lesion) at the slice's native shape -> uint8 (size, size)."""
+def _read_volume(record: Record, index: int) -> List[Slice]:
+    """The slices of a volume row that its mask marks (or its `slices` column names), each with its mask."""
+    processor = _READER["processor"]
+    volume = _only_volume(record.path)
+    masks = None
+    if record.mask_path:
+        try:
+            mask_volume = _only_volume(record.mask_path)
+        except ValueError as error:
+            raise ValueError(f"mask {os.path.basename(record.mask_path)}: {error}") from None
+        if mask_volume.hu.shape != volume.hu.shape or not np.allclose(mask_volume.spacing_mm, volume.spacing_mm,
+                                                                      rtol=1e-3):
+            raise ValueError(f"the mask's grid {mask_volume.hu.shape} at {_mm(mask_volume.spacing_mm)} mm differs "
+                             f"from the volume's {volume.hu.shape} at {_mm(volume.spacing_mm)} mm")
+        masks = mask_volume.hu > 0.5
+    if record.slices:
+        indices = parse_slices(record.slices, len(volume.hu))
+    else:
+        indices = [int(k) for k in np.flatnonzero(masks.any(axis=(1, 2)))]
+        if not indices:
+            raise ValueError("the mask is empty: no slice to use")
+    spacing = tuple(volume.spacing_mm[1:])
+    group_key = f"manifest:{record.patient_id}" if record.patient_id else f"file:{record.source}"
+    stem = os.path.basename(record.source.rstrip("/\\")).split(".")[0]
+    slices = []
+    for k in indices:
+        unit = window_in_place(volume.hu[k].copy(), processor.window_center, processor.window_width)
+        mask = np.zeros((processor.size,) * 2, np.uint8)
+        if masks is not None:
+            mask = _mask_array_at_size(masks[k], spacing, processor)
+        slice_record = replace(record, source=f"{record.source}[{k}]", slices=None)
+        png_path = _write_png(index, f"{stem}_{k:03d}", record.label, unit)
+        slices.append(Slice(slice_record, model_input(unit, spacing, processor), mask, masks is not None,
+                            group_key, png_path))
+    return slices
+
+
+def _mm(spacing) -> str:
+    return "x".join(f"{value:.3g}" for value in spacing)
+
+
+def _only_volume(path: str):
+    """The one CT volume at `path`; several series in one folder or zip are refused (one row, one series)."""
+    volumes = read_ct_volumes(path)
+    if len(volumes) > 1:
+        raise ValueError(f"{len(volumes)} CT series in it; give each series (its own folder) its own row")
+    return volumes[0]
+
+
+def window_in_place(hu: np.ndarray, center: float, width: float) -> np.ndarray:
+    """`apply_window` without its temporaries: `hu` (`float32`, any shape) becomes the window in [0, 1]."""
+    hu -= center - width / 2.0
+    hu /= width
+    return np.clip(hu, 0.0, 1.0, out=hu)
+
+
+def model_input(unit: np.ndarray, spacing, processor: CTImageProcessor) -> np.ndarray:
+    """A windowed slice `(h, w)` with its `(row, column)` spacing in mm (or None) -> `float32` `(size, size)`,
+    as `processor` makes it: resized whole, or resampled to its `pixel_spacing_mm` and cropped/padded."""
+    size = processor.size
+    if processor.pixel_spacing_mm is None:
+        return np.clip(resize_slice(unit, (size, size)), 0.0, 1.0)
+    if spacing is None:
+        raise ValueError(f"pixel_spacing_mm={processor.pixel_spacing_mm} needs the slice's pixel spacing; "
+                         "this file has none (PNG/JPEG, or a DICOM without PixelSpacing)")
+    air = float(apply_window(AIR_HU, processor.window_center, processor.window_width))
+    resampled = resample_to_spacing(torch.from_numpy(unit)[None], spacing, processor.pixel_spacing_mm, size, air)
+    return resampled[0].numpy()
+
+
+def _mask_file_at_size(path: str, native_shape, spacing, processor: CTImageProcessor) -> np.ndarray:
+    """A lesion mask image (non-zero = lesion) at the slice's native shape -> uint8 `(size, size)`."""
     if not os.path.isfile(path):
         raise ValueError("missing")
     with Image.open(path) as opened:
-        mask = np.asarray(opened.convert("L")) > 0
-    if mask.shape != tuple(native_shape):
-        raise ValueError(f"shape {mask.shape} differs from the slice's {tuple(native_shape)}")
-    # Antialiased (area-weighted) bilinear resize, then a half threshold, so small lesions keep their
-    # place; PIL's is several times faster than torch's antialiased kernel on one slice.
-    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BILINEAR)
-    return (np.asarray(resized) >= 128).astype(np.uint8)
+        mask = opened.convert("L") if opened.mode != "L" else opened.copy()
+    if mask.size[::-1] != tuple(native_shape):
+        raise ValueError(f"shape {mask.size[::-1]} differs from the slice's {tuple(native_shape)}")
+    if processor.pixel_spacing_mm is None:
+        return mask_at_size(mask, processor.size)
+    return _mask_array_at_size(np.asarray(mask) > 0, spacing, processor)
 
 
-def _write_png(png_dir: str, index: int, record: Record, unit: np.ndarray) -> str:
-    """The windowed slice at native size as a 16-bit PNG (the processor reads it back as [0, 1])."""
-    stem = os.path.splitext(os.path.basename(record.source))[0]
-    relative = os.path.join(CLASS_NAMES[record.label], f"{index:05d}_{stem}.png")
+def _mask_array_at_size(mask: np.ndarray, spacing, processor: CTImageProcessor) -> np.ndarray:
+    """A boolean mask `(h, w)` on the slice's grid -> uint8 `(size, size)` on the model input's grid."""
+    if processor.pixel_spacing_mm is None:
+        return mask_at_size(Image.fromarray(mask.astype(np.uint8) * 255), processor.size)
+    resampled = resample_to_spacing(torch.from_numpy(mask.astype(np.float32))[None], spacing,
+                                    processor.pixel_spacing_mm, processor.size, 0.0)
+    return (resampled[0].numpy() >= 0.5).astype(np.uint8)
+
+
+def mask_at_size(mask: Image.Image, size: int) -> np.ndarray:
+    """A binary mask image (mode "L", 0 or 255) -> uint8 `(size, size)`, 1 on the lesion.
+
+    An antialiased (area-weighted) bilinear resize then a half threshold, so small lesions keep their
+    place. Only the lesion's neighbourhood is resized: PIL centres output pixel j of a `box` resize at
+    box_left + (j + 0.5) * scale, so a box on the output grid gives the full resize's values there (up
+    to rounding, which can flip a pixel that sits exactly on the threshold).
+    """
+    out = np.zeros((size, size), np.uint8)
+    bbox = mask.getbbox()
+    if bbox is None:
+        return out
+    scale_x, scale_y = mask.size[0] / size, mask.size[1] / size
+    margin = 2  # output pixels beyond the bilinear support, which reach no lesion pixel
+    x0, y0 = max(int(bbox[0] / scale_x) - margin, 0), max(int(bbox[1] / scale_y) - margin, 0)
+    x1 = min(int(np.ceil(bbox[2] / scale_x)) + margin, size)
+    y1 = min(int(np.ceil(bbox[3] / scale_y)) + margin, size)
+    part = mask.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR,
+                       box=(x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y))
+    out[y0:y1, x0:x1] = np.asarray(part) >= 128
+    return out
+
+
+def _write_png(index: int, stem: str, label: int, unit: np.ndarray) -> Optional[str]:
+    """With --png-dir: the windowed slice at native size as a 16-bit PNG (read back as [0, 1]); its path."""
+    png_dir = _READER["png_dir"]
+    if not png_dir:
+        return None
+    relative = os.path.join(CLASS_NAMES[label], f"{index:05d}_{stem}.png")
     Image.fromarray(np.round(unit * 65535).astype(np.uint16)).save(os.path.join(png_dir, relative))
     return relative
 
 
-def _read_worker(args):
-    return _read_one(*args)
-
-
-def _single_threaded():
-    torch.set_num_threads(1)  # one reader per core: torch's own threads would oversubscribe the pool
+def _read_worker(job) -> list:
+    return _read_record(*job)
 
 
 def read_all(records: List[Record], processor: CTImageProcessor, png_dir, num_workers: int):
@@ -193,15 +390,21 @@ def read_all(records: List[Record], processor: CTImageProcessor, png_dir, num_wo
     if png_dir:
         for name in CLASS_NAMES:
             os.makedirs(os.path.join(png_dir, name), exist_ok=True)
-    jobs = [(record, processor, png_dir, index) for index, record in enumerate(records)]
-    bar = dict(total=len(jobs), desc="reading slices", unit="slice")
+    jobs = [(record, index) for index, record in enumerate(records)]
+    bar = dict(total=len(jobs), desc="reading", unit="file")
     if num_workers <= 1:
-        results = [_read_worker(job) for job in tqdm(jobs, **bar)]
+        threads = torch.get_num_threads()
+        _init_reader(processor, png_dir)
+        try:
+            results = [_read_worker(job) for job in tqdm(jobs, **bar)]
+        finally:
+            torch.set_num_threads(threads)
     else:
-        with ProcessPoolExecutor(num_workers, initializer=_single_threaded) as pool:
-            results = list(tqdm(pool.map(_read_worker, jobs, chunksize=8), **bar))
-    slices = [result for result in results if isinstance(result, Slice)]
-    bad = [result for result in results if not isinstance(result, Slice)]
+        with ProcessPoolExecutor(num_workers, initializer=_init_reader, initargs=(processor, png_dir)) as pool:
+            results = list(tqdm(pool.map(_read_worker, jobs, chunksize=16), **bar))
+    flat = [item for result in results for item in result]
+    slices = [item for item in flat if isinstance(item, Slice)]
+    bad = [item for item in flat if not isinstance(item, Slice)]
     return slices, bad
 
 
@@ -229,7 +432,7 @@ def split_patients(slices: List[Slice], seed: int) -> Dict[str, List[Slice]]:
         fold_of[test_index] = fold
     split_of_fold = {0: "test", 1: "validation"}
     splits = {name: [] for name in SPLITS}
-    for item, fold in zip(slices, fold_of):
+    for item, fold in zip(slices, fold_of, strict=True):
         splits[split_of_fold.get(fold, "train")].append(item)
     for name, members in splits.items():
         if not members:
@@ -258,6 +461,7 @@ def prepare_dataset(
     window_width: float = 400.0,
     num_workers: Optional[int] = None,
     id_salt: Optional[str] = None,
+    pixel_spacing_mm: Optional[float] = None,
 ) -> datasets.DatasetDict:
     """Read `input` (class folder tree or CSV manifest), split it and save it to `output`.
 
@@ -274,7 +478,8 @@ def prepare_dataset(
         records, bad = records_from_manifest(input)
     else:
         raise ValueError(f"input {input} does not exist")
-    processor = CTImageProcessor(window_center, window_width, size=size, do_normalize=False)
+    processor = CTImageProcessor(window_center, window_width, size=size, do_normalize=False,
+                                 pixel_spacing_mm=pixel_spacing_mm)
     num_workers = min(num_workers or os.cpu_count() or 1, max(1, len(records) // 8))
     slices, unreadable = read_all(records, processor, png_dir, num_workers)
     bad += unreadable
@@ -289,23 +494,16 @@ def prepare_dataset(
               f"({counts[1]} metastatic, {counts[0]} non-metastatic); its slices stay in one split")
     splits = split_patients(slices, seed)
 
+    images = {name: np.stack([s.image for s in members]) for name, members in splits.items()}
     dataset_dict = datasets.DatasetDict({
-        name: datasets.Dataset.from_dict({
-            "image": np.stack([s.image for s in members]),
-            "label": [s.record.label for s in members],
-            "patient_id": [pseudonym(s.group_key, salt) for s in members],
-            "source": [s.record.source for s in members],
-            "mask": np.stack([s.mask for s in members]),
-            "has_mask": [s.has_mask for s in members],
-        }, features=features(size))
-        for name, members in splits.items()
+        name: split_dataset(members, images[name], salt) for name, members in splits.items()
     })
     dataset_dict.save_to_disk(output)
 
-    train_pixels = np.stack([s.image for s in splits["train"]])
-    mean, std = float(train_pixels.mean(dtype=np.float64)), float(train_pixels.std(dtype=np.float64))
+    mean, std = float(images["train"].mean(dtype=np.float64)), float(images["train"].std(dtype=np.float64))
     info = {
         "window_center": window_center, "window_width": window_width, "size": size, "seed": seed,
+        "pixel_spacing_mm": processor.pixel_spacing_mm,
         "image_mean": [mean] * 3, "image_std": [std] * 3,
         "counts": {
             name: {"slices": len(members), "patients": len({s.group_key for s in members}),
@@ -328,6 +526,43 @@ def prepare_dataset(
     return dataset_dict
 
 
+def split_dataset(members: List[Slice], images: np.ndarray, salt: str) -> datasets.Dataset:
+    """One split as a `datasets.Dataset` with `features(size)`; `images` is `float32` `(n, size, size)`.
+
+    The Arrow table is built around the numpy buffers (no per-row conversion, no hashing of the
+    pixels for a fingerprint), so writing costs little more than the bytes themselves.
+    """
+    size = images.shape[-1]
+    table = pa.table({
+        "image": _array2d(images),
+        "label": pa.array([s.record.label for s in members], pa.int64()),
+        "patient_id": pa.array([pseudonym(s.group_key, salt) for s in members], pa.string()),
+        "source": pa.array([s.record.source for s in members], pa.string()),
+        "mask": _array2d(np.stack([s.mask for s in members])),
+        "has_mask": pa.array([s.has_mask for s in members], pa.bool_()),
+    })
+    info = datasets.DatasetInfo(features=features(size))
+    return datasets.Dataset(table, info=info, fingerprint=generate_random_fingerprint())
+
+
+def _array2d(stack: np.ndarray, chunk: int = 1000) -> pa.ChunkedArray:
+    """`(n, rows, columns)` numpy -> the Arrow column of `datasets.Array2D((rows, columns), dtype)`, zero-copy.
+
+    In chunks of `chunk` slices, so that the 32-bit list offsets hold even 512 px slices.
+    """
+    n, rows, columns = stack.shape
+    array_type = Array2DExtensionType((rows, columns), str(stack.dtype))
+    chunks = []
+    for start in range(0, max(n, 1), chunk):
+        part = np.ascontiguousarray(stack[start:start + chunk])
+        count = len(part)
+        row_offsets = pa.array(np.arange(0, count * rows * columns + 1, columns, dtype=np.int32))
+        row_lists = pa.ListArray.from_arrays(row_offsets, pa.array(part.reshape(-1)))
+        slice_offsets = pa.array(np.arange(0, count * rows + 1, rows, dtype=np.int32))
+        chunks.append(pa.ExtensionArray.from_storage(array_type, pa.ListArray.from_arrays(slice_offsets, row_lists)))
+    return pa.chunked_array(chunks, type=array_type)
+
+
 def _write_png_manifest(png_dir: str, splits: Dict[str, List[Slice]], salt: str) -> None:
     """`png_dir/manifest.csv`, so the PNGs can be prepared again with the same patients and splits."""
     with open(os.path.join(png_dir, "manifest.csv"), "w", newline="") as handle:
@@ -347,11 +582,14 @@ def main(argv=None) -> datasets.DatasetDict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--window-center", type=float, default=60.0)
     parser.add_argument("--window-width", type=float, default=400.0)
+    parser.add_argument("--pixel-spacing-mm", type=float, default=None,
+                        help="resample every slice to this spacing and crop/pad it to --size (default: resize whole)")
     parser.add_argument("--num-workers", type=int, default=None, help="reader processes (default: all cores)")
     args = parser.parse_args(argv)
     try:
         return prepare_dataset(args.input, args.output, args.png_dir, args.size, args.seed,
-                               args.window_center, args.window_width, args.num_workers)
+                               args.window_center, args.window_width, args.num_workers,
+                               pixel_spacing_mm=args.pixel_spacing_mm)
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
 

@@ -18,6 +18,9 @@ from training.prepare import prepare_dataset
 from training.train import CONFIG_DIR, resolve_config, train
 
 CPU_CONFIG = os.path.join(CONFIG_DIR, "cpu_small.yaml")
+# The phantom's field of view varies (300-500 mm), as real scans do; preparing every slice at the pixel
+# spacing that fits this field into the training size keeps a node the same size in pixels throughout.
+FIELD_MM = 320.0
 
 
 def quickstart(
@@ -51,7 +54,7 @@ def quickstart(
     print(f"[2/4] prepare: patient-grouped train/validation/test splits -> {paths['data']}")
     # Prepared at the training size, so the loader does no resizing.
     train_size = resolve_config(overrides)["image_size"]
-    prepare_dataset(manifest, paths["data"], size=train_size, seed=seed)
+    prepare_dataset(manifest, paths["data"], size=train_size, seed=seed, pixel_spacing_mm=FIELD_MM / train_size)
     timings["prepare_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
