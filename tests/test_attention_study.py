@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from benchmarks.attention_study import VARIANTS, peak_statistics
+from benchmarks.attention_study import VARIANTS, grid_pointing_ceiling, peak_statistics
 
 
 def test_one_map_for_every_image_is_a_fixed_prior_and_maps_that_follow_the_lesion_are_not():
@@ -46,3 +46,11 @@ def test_negative_slices_count_in_the_peaks_but_not_in_the_lesion_hits():
 def test_the_paper_variant_is_spelled_out_so_a_new_quickstart_recipe_cannot_change_it():
     assert VARIANTS["paper"] == {"spatial_attention_stages": [4], "spatial_gate": "conv", "spatial_padding": "zeros",
                                  "spatial_kernel_size": 7, "attention_loss_weight": 0.0}
+
+
+def test_a_coarse_grid_cannot_point_at_a_small_lesion_far_from_its_cells_centre():
+    masks = torch.zeros(2, 32, 32)  # a 4 x 4 grid: 8 px cells, centred at 3.5 px; tolerance 0.03 * 32 px
+    masks[0, 2:6, 2:6] = 1  # covers the centre of cell (0, 0)
+    masks[1, 0:2, 0:2] = 1  # in the corner of the same cell
+    assert grid_pointing_ceiling(masks, (4, 4)) == 0.5
+    assert grid_pointing_ceiling(masks, (16, 16)) == 1.0  # 2 px cells: every lesion holds a cell centre
