@@ -229,7 +229,7 @@ def run_variant(output_dir: str, name: str, size: int, data: str, other: str, ar
 
 
 def with_interval(metric: dict) -> str:
-    return f"{metric['value']:.3f} ({metric['ci_low']:.2f}-{metric['ci_high']:.2f})"
+    return f"{metric['value']:.3f} ({metric['ci_low']:.3f}-{metric['ci_high']:.3f})"
 
 
 def table(results: list) -> str:
