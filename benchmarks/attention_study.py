@@ -154,10 +154,12 @@ def peak_statistics(maps: torch.Tensor, lesion_masks: torch.Tensor, lesion_rows)
 
 
 def grid_pointing_ceiling(lesion_masks: torch.Tensor, grid) -> float:
-    """The pointing game of the best map a `grid` = `(h, w)` can hold: 1 on the cell with most of the lesion,
-    0 elsewhere, enlarged to the masks' `(H, W)` as `modeling.explain` enlarges maps (bilinear) and scored
-    as `training.evaluate` scores them (`localisation_metrics`' default tolerance). A coarse grid peaks at a
-    cell's centre, which a small lesion in the cell may not reach. `lesion_masks`: `(m, H, W)`."""
+    """The pointing game of the ideal one-cell map on a `grid` = `(h, w)`: 1 on the cell with most of the
+    lesion, 0 elsewhere, enlarged to the masks' `(H, W)` as `modeling.explain` enlarges maps (bilinear)
+    and scored as `training.evaluate` scores them (`localisation_metrics`' default tolerance). A coarse
+    grid peaks at a cell's centre, which a small lesion in the cell may not reach. A practical ceiling,
+    not a strict one: a map spread over neighbouring cells can peak between them and score a little
+    more. `lesion_masks`: `(m, H, W)`."""
     masks = lesion_masks[lesion_masks.flatten(1).amax(1) > 0].float()
     share_in_cell = F.adaptive_avg_pool2d(masks[:, None], tuple(grid)).flatten(1)
     best_cell = F.one_hot(share_in_cell.argmax(1), share_in_cell.shape[1]).float().view(-1, *grid)
@@ -256,7 +258,7 @@ def table(results: list) -> str:
 
 def diagnosis_lines(results: list, output_dir: str) -> list:
     lines = ["| variant | px | map grid | peak at modal cell | mean pairwise correlation | mean map range "
-             "| peak cell holds lesion | pointing ceiling of the grid |", "|---|---|---|---|---|---|---|---|"]
+             "| peak cell holds lesion | ideal one-cell map's pointing |", "|---|---|---|---|---|---|---|---|"]
     ceilings = {}
     for r in results:
         d = r["diagnosis"]
