@@ -34,19 +34,19 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from gradio_client import Client, handle_file  # noqa: E402
+import numpy as np
+import torch
+from gradio_client import Client, handle_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from modeling import CTImageProcessor, DualAttentionResNetConfig, DualAttentionResNetForImageClassification  # noqa: E402
-from modeling.ct_dicom import read_ct_hu  # noqa: E402
-from serving import serve_demo  # noqa: E402
-from timing import interleaved  # noqa: E402
-from training.dicom_writer import write_ct_series  # noqa: E402
-from training.phantom import generate_phantom  # noqa: E402
+from modeling import CTImageProcessor, DualAttentionResNetConfig, DualAttentionResNetForImageClassification
+from modeling.ct_dicom import read_ct_hu
+from serving import serve_demo
+from timing import interleaved
+from training.dicom_writer import write_ct_series
+from training.phantom import generate_phantom
 
 GOAL = 2.5
 SERIES_GOAL = 1.5

@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from demo_latency import free_port, start_server  # noqa: E402
-from modeling import CTImageProcessor, DualAttentionResNetConfig, DualAttentionResNetForImageClassification  # noqa: E402
-from modeling.ct_dicom import read_ct_hu  # noqa: E402
-from training.dicom_writer import write_ct_dicom  # noqa: E402
+from demo_latency import free_port, start_server
+from modeling import CTImageProcessor, DualAttentionResNetConfig, DualAttentionResNetForImageClassification
+from modeling.ct_dicom import read_ct_hu
+from training.dicom_writer import write_ct_dicom
 
 EXAMPLE = ROOT / "space" / "examples" / "metastatic_phantom.dcm"
 RSS_GOAL = 0.10

@@ -83,20 +83,23 @@ def read_dicom(source, stop_before_pixels: bool = False) -> "pydicom.Dataset":
         raise ValueError(f"no such file: {path}")
     if os.path.getsize(path) == 0:
         raise ValueError("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            # pydicom's warnings about malformed values quote the values, which may be a patient's name
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        # pydicom's warnings about malformed values quote the values, which may be a patient's name
+        warnings.simplefilter("ignore")
+        try:
             ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        except InvalidDicomError:
+            raise ValueError("not a DICOM file (no DICM header)") from None
+        except Exception as error:  # noqa: BLE001 - pydicom raises many types on damaged files
+            raise ValueError(f"unreadable DICOM file, truncated or corrupt ({type(error).__name__})") from None
+        try:
             # pydicom converts values on first access: a damaged one must be refused here, not fail a caller
             # later. Private tags are left alone: readers never need them, and scanners write odd ones.
             for tag in [tag for tag in ds.keys() if not tag.is_private]:
                 ds[tag]
-        return ds
-    except InvalidDicomError:
-        raise ValueError("not a DICOM file (no DICM header)") from None
-    except Exception as error:  # noqa: BLE001 - pydicom raises many types on damaged files
-        raise ValueError(f"unreadable DICOM file, truncated or corrupt ({type(error).__name__})") from None
+        except Exception as error:  # noqa: BLE001 - as above, for the conversion of one element
+            raise ValueError(f"malformed DICOM header tags ({type(error).__name__})") from None
+    return ds
 
 
 def _shown(value) -> str:

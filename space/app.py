@@ -40,20 +40,20 @@ if "GRADIO_TEMP_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
-from gradio.components.label import LabelData  # noqa: E402
-from gradio.data_classes import ImageData  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402
-from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
+import gradio as gr
+import numpy as np
+from gradio.components.label import LabelData
+from gradio.data_classes import ImageData
+from matplotlib.figure import Figure
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from modeling import METASTATIC_LABEL as METASTATIC  # noqa: E402
-from modeling import NON_METASTATIC_LABEL as NON_METASTATIC  # noqa: E402
-from modeling.ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom, technical_metadata  # noqa: E402
-from modeling.ct_volume import NIFTI_SUFFIXES, CTVolume, read_ct_volumes  # noqa: E402
-from modeling.explain import explain, overlay  # noqa: E402
-from modeling.predict import score_volume  # noqa: E402
+from modeling import METASTATIC_LABEL as METASTATIC
+from modeling import NON_METASTATIC_LABEL as NON_METASTATIC
+from modeling.ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom, technical_metadata
+from modeling.ct_volume import NIFTI_SUFFIXES, CTVolume, read_ct_volumes
+from modeling.explain import explain, overlay
+from modeling.predict import score_volume
 
 QUICKSTART_MODEL = HERE.parent / "quickstart_output" / "run" / "best"
 EXAMPLES_DIR = HERE / "examples"
@@ -485,114 +485,119 @@ def no_model_series(files):
     raise gr.Error(NO_MODEL_ERROR)
 
 
+def _caption(predictor, map_name: str, elem_id: str) -> gr.Markdown:
+    """The overlay's measured localisation (or "never evaluated") under it."""
+    return gr.Markdown(predictor.caption(map_name) if predictor else "", elem_id=elem_id)
+
+
+def _overlays(predictor, prefix: str = "") -> tuple:
+    """The attention and Grad-CAM overlays side by side, each captioned; element ids start with `prefix`."""
+    with gr.Row():
+        with gr.Column():
+            attention = OverlayImage(label="Spatial attention", format="png", elem_id=f"{prefix}attention-overlay")
+            _caption(predictor, "attention", f"{prefix}attention-caption")
+        with gr.Column():
+            gradcam = OverlayImage(
+                label="Grad-CAM (last backbone stage)", format="png", elem_id=f"{prefix}gradcam-overlay"
+            )
+            _caption(predictor, "gradcam", f"{prefix}gradcam-caption")
+    return attention, gradcam
+
+
+def _slice_tab(predictor, threshold: str) -> dict:
+    """The "One slice" tab's components, by name."""
+    window = (predictor.processor.window_center, predictor.processor.window_width) if predictor else (60.0, 400.0)
+    with gr.Row():
+        with gr.Column(scale=1):
+            dicom_file = gr.File(
+                label=f"CT DICOM slice (any extension, up to {MAX_SLICE_MB} MB; deleted after reading)",
+                file_count="single",
+                elem_id="dicom-file",
+            )
+            examples = sorted(EXAMPLES_DIR.glob("*.dcm"))
+            if examples:
+                gr.Examples([[str(path)] for path in examples], inputs=[dicom_file], label="Synthetic phantom slices")
+            with gr.Row():
+                # start at the model's own window; changing them redraws the background only
+                window_center = gr.Number(window[0], label="Display window centre (HU)")
+                window_width = gr.Number(window[1], label="Display window width (HU)")
+            run = gr.Button("Predict", variant="primary")
+            label = DecisionLabel(label=f"Decision{threshold}", elem_id="probability")
+            metadata = gr.JSON(label="Technical metadata (allow-listed tags only)")
+        with gr.Column(scale=2):
+            attention, gradcam = _overlays(predictor)
+    return dict(file=dicom_file, window_center=window_center, window_width=window_width, run=run, label=label,
+                metadata=metadata, attention=attention, gradcam=gradcam)
+
+
+def _series_tab(predictor, threshold: str) -> dict:
+    """The "Whole series" tab's components, by name."""
+    with gr.Row():
+        with gr.Column(scale=1):
+            files = gr.File(
+                label=(
+                    "The DICOM slices of one CT series, one .zip of them, or one NIfTI volume "
+                    f"(up to {MAX_SERIES_MB} MB and {MAX_SLICES} slices; deleted after reading)"
+                ),
+                file_count="multiple",
+                elem_id="series-files",
+            )
+            examples = sorted(EXAMPLES_DIR.glob("*.zip"))
+            if examples:
+                gr.Examples([[[str(path)]] for path in examples], inputs=[files], label="Synthetic phantom series")
+            run = gr.Button("Predict series", variant="primary")
+            label = DecisionLabel(label=f"Series decision{threshold}", elem_id="series-probability")
+            gr.Markdown(
+                "The series' probability is the **maximum over its slices**: the most suspicious "
+                "slice decides. Its maps are shown first; the slider shows any other slice's.",
+                elem_id="series-rule",
+            )
+            metadata = gr.JSON(label="Series: technical metadata (allow-listed) and skipped files")
+        with gr.Column(scale=2):
+            curve = gr.Plot(label="P(metastatic) per slice", elem_id="series-curve")
+            slice_index = gr.Slider(0, 1, value=0, step=1, label="Slice (inferior to superior)", elem_id="series-slice")
+            slice_note = gr.Markdown(elem_id="series-slice-note")
+            attention, gradcam = _overlays(predictor, prefix="series-")
+    cache = gr.State(time_to_live=SERIES_STATE_SECONDS)
+    return dict(files=files, run=run, label=label, metadata=metadata, curve=curve, slice_index=slice_index,
+                slice_note=slice_note, attention=attention, gradcam=gradcam, cache=cache)
+
+
 def build_demo(predictor: Predictor = None) -> gr.Blocks:
     """The page; without a predictor it explains how to configure one and both endpoints say so."""
-    processor_window = (
-        (predictor.processor.window_center, predictor.processor.window_width) if predictor else (60.0, 400.0)
-    )
     threshold = f" at threshold {format_threshold(predictor.threshold)}" if predictor else ""
-
-    def caption(map_name, elem_id):
-        return gr.Markdown(predictor.caption(map_name) if predictor else "", elem_id=elem_id)
-
     with gr.Blocks(title="PDAC lymph-node metastasis: CT demo", delete_cache=(300, 600)) as blocks:
         gr.Markdown("# Lymph-node metastasis of pancreatic cancer on CT")
         gr.Markdown(NOTICE, elem_id="notice")
         gr.Markdown(predictor.describe() if predictor else NO_MODEL_HELP, elem_id="model-info")
         with gr.Tab("One slice"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    dicom_file = gr.File(
-                        label=f"CT DICOM slice (any extension, up to {MAX_SLICE_MB} MB; deleted after reading)",
-                        file_count="single",
-                        elem_id="dicom-file",
-                    )
-                    examples = sorted(EXAMPLES_DIR.glob("*.dcm"))
-                    if examples:
-                        gr.Examples(
-                            [[str(path)] for path in examples], inputs=[dicom_file], label="Synthetic phantom slices"
-                        )
-                    with gr.Row():
-                        # start at the model's own window; changing them redraws the background only
-                        window_center = gr.Number(processor_window[0], label="Display window centre (HU)")
-                        window_width = gr.Number(processor_window[1], label="Display window width (HU)")
-                    run = gr.Button("Predict", variant="primary")
-                    label = DecisionLabel(label=f"Decision{threshold}", elem_id="probability")
-                    metadata = gr.JSON(label="Technical metadata (allow-listed tags only)")
-                with gr.Column(scale=2):
-                    with gr.Row():
-                        with gr.Column():
-                            attention = OverlayImage(
-                                label="Spatial attention", format="png", elem_id="attention-overlay"
-                            )
-                            caption("attention", "attention-caption")
-                        with gr.Column():
-                            gradcam = OverlayImage(
-                                label="Grad-CAM (last backbone stage)", format="png", elem_id="gradcam-overlay"
-                            )
-                            caption("gradcam", "gradcam-caption")
+            one = _slice_tab(predictor, threshold)
         with gr.Tab("Whole series"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    series_files = gr.File(
-                        label=(
-                            "The DICOM slices of one CT series, one .zip of them, or one NIfTI volume "
-                            f"(up to {MAX_SERIES_MB} MB and {MAX_SLICES} slices; deleted after reading)"
-                        ),
-                        file_count="multiple",
-                        elem_id="series-files",
-                    )
-                    run_series = gr.Button("Predict series", variant="primary")
-                    series_label = DecisionLabel(label=f"Series decision{threshold}", elem_id="series-probability")
-                    gr.Markdown(
-                        "The series' probability is the **maximum over its slices**: the most suspicious "
-                        "slice decides. Its maps are shown first; the slider shows any other slice's.",
-                        elem_id="series-rule",
-                    )
-                    series_metadata = gr.JSON(label="Series: technical metadata (allow-listed) and skipped files")
-                with gr.Column(scale=2):
-                    curve = gr.Plot(label="P(metastatic) per slice", elem_id="series-curve")
-                    slice_index = gr.Slider(
-                        0, 1, value=0, step=1, label="Slice (inferior to superior)", elem_id="series-slice"
-                    )
-                    slice_note = gr.Markdown(elem_id="series-slice-note")
-                    with gr.Row():
-                        with gr.Column():
-                            series_attention = OverlayImage(
-                                label="Spatial attention", format="png", elem_id="series-attention-overlay"
-                            )
-                            caption("attention", "series-attention-caption")
-                        with gr.Column():
-                            series_gradcam = OverlayImage(
-                                label="Grad-CAM (last backbone stage)", format="png", elem_id="series-gradcam-overlay"
-                            )
-                            caption("gradcam", "series-gradcam-caption")
-            series_cache = gr.State(time_to_live=SERIES_STATE_SECONDS)
-        run.click(
+            series = _series_tab(predictor, threshold)
+        # one model for both endpoints: at most CONCURRENCY_LIMIT requests use it at once
+        on_model = dict(concurrency_limit=CONCURRENCY_LIMIT, concurrency_id="model")
+        one["run"].click(
             predictor.predict if predictor else no_model,
-            inputs=[dicom_file, window_center, window_width],
-            outputs=[label, attention, gradcam, metadata],
+            inputs=[one["file"], one["window_center"], one["window_width"]],
+            outputs=[one["label"], one["attention"], one["gradcam"], one["metadata"]],
             api_name="predict",
-            concurrency_limit=CONCURRENCY_LIMIT,
-            concurrency_id="model",
-        ).then(lambda: None, outputs=dicom_file, api_visibility="private")  # the upload is gone; clear its box
-        run_series.click(
+            **on_model,
+        ).then(lambda: None, outputs=one["file"], api_visibility="private")  # the upload is gone; clear its box
+        series["run"].click(
             predictor.predict_series if predictor else no_model_series,
-            inputs=[series_files],
-            outputs=[series_label, curve, series_attention, series_gradcam, series_metadata, slice_index, slice_note,
-                     series_cache],
+            inputs=[series["files"]],
+            outputs=[series[name] for name in ("label", "curve", "attention", "gradcam", "metadata", "slice_index",
+                                                "slice_note", "cache")],
             api_name="predict_series",
-            concurrency_limit=CONCURRENCY_LIMIT,
-            concurrency_id="model",
-        ).then(lambda: None, outputs=series_files, api_visibility="private")
+            **on_model,
+        ).then(lambda: None, outputs=series["files"], api_visibility="private")
         if predictor:
-            slice_index.release(
+            series["slice_index"].release(
                 predictor.show_series_slice,
-                inputs=[slice_index, series_cache],
-                outputs=[series_attention, series_gradcam, slice_note],
+                inputs=[series["slice_index"], series["cache"]],
+                outputs=[series["attention"], series["gradcam"], series["slice_note"]],
                 api_visibility="private",
-                concurrency_limit=CONCURRENCY_LIMIT,
-                concurrency_id="model",
+                **on_model,
             )
     _count_uploads(blocks)
     blocks.queue(max_size=QUEUE_SIZE)

@@ -1,19 +1,20 @@
 """Shared fixtures. Nothing here touches the network: tiny random models, synthetic DICOMs."""
 
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from torch import nn
 
-from benchmarks.serving import serve_demo  # noqa: E402
-from modeling import (  # noqa: E402
+from benchmarks.serving import serve_demo
+from modeling import (
     CLASS_NAMES,
     CTImageProcessor,
     DualAttentionResNetConfig,
@@ -75,6 +76,15 @@ def structured_pixels(batch=2, size=TINY_SIZE, seed=0):
         slices.append(image + rng.normal(0, 0.03, image.shape))
     unit = torch.tensor(np.stack(slices), dtype=torch.float32)[:, None].expand(-1, 3, -1, -1)
     return (unit - 0.3) / 0.25
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_tempdir(tmp_path_factory):
+    """In-process temporary files go under pytest's folder: gradio_client leaves an empty folder in the
+    temp dir for every file it downloads, and the suite should not litter /tmp."""
+    tempfile.tempdir = str(tmp_path_factory.mktemp("tempdir"))
+    yield
+    tempfile.tempdir = None
 
 
 @pytest.fixture(scope="session")
@@ -201,3 +211,36 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def user_inputs(work: Path, seed: int):
+    """What a user brings to a fresh process: `(hu (96, 96), CT DICOM path, windowed PNG path)` in `work`."""
+    from PIL import Image
+
+    from training.dicom_writer import write_ct_dicom
+
+    rng = np.random.default_rng(seed)
+    hu = rng.uniform(-300, 400, size=(96, 96)).round()
+    dicom_path = write_ct_dicom(work / "slice.dcm", hu)
+    png_path = work / "slice.png"
+    Image.fromarray(rng.integers(0, 256, size=(80, 80), dtype=np.uint8)).save(png_path)
+    return hu, dicom_path, png_path
+
+
+def run_user_script(script_text: str, work: Path, *args) -> dict:
+    """Runs `script_text` as a user's script in `work`, in a fresh interpreter that cannot import this
+    repository (no PYTHONPATH, cwd outside it) and offline; returns the JSON its last line printed."""
+    import json
+    import subprocess
+    import sys
+
+    script = work / "user.py"
+    script.write_text(script_text)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(work / "hf_modules"))
+    completed = subprocess.run(
+        [sys.executable, str(script), *map(str, args)], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+

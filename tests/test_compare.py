@@ -30,7 +30,8 @@ def test_compare_writes_one_row_per_model_with_paired_auc_differences(signal_dat
     def test_probabilities(key):
         with open(out / "eval" / key / "predictions.csv", newline="") as handle:
             predictions = list(csv.DictReader(handle))
-        return np.array([int(p["label"]) for p in predictions]), np.array([float(p["probability"]) for p in predictions])
+        labels = np.array([int(p["label"]) for p in predictions])
+        return labels, np.array([float(p["probability"]) for p in predictions])
 
     labels, reference = test_probabilities("resnet50_dual")
     for row in table[:3]:

@@ -3,18 +3,15 @@ that cannot import this repository takes a DICOM path, a pydicom dataset, an HU 
 PNG, and its "metastatic" score is the sigmoid of the model's logit."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_user_script, user_inputs
 from PIL import Image
 
 from modeling import PIPELINE_TASK, CTImageProcessor, DualAttentionResNetForImageClassification
-from training.dicom_writer import write_ct_dicom
 
 # A fresh interpreter in an empty folder; `sys.modules[name] = None` makes importing the repo fail.
 USER_SCRIPT = textwrap.dedent(
@@ -53,24 +50,10 @@ USER_SCRIPT = textwrap.dedent(
 @pytest.fixture(scope="module")
 def pipeline_run(tiny_model_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("pipeline_user")
-    rng = np.random.default_rng(1)
-    hu = rng.uniform(-300, 400, size=(96, 96)).round()
-    dicom_path = write_ct_dicom(work / "slice.dcm", hu)
-    png_path = work / "slice.png"
-    Image.fromarray(rng.integers(0, 256, size=(80, 80), dtype=np.uint8)).save(png_path)
+    hu, dicom_path, png_path = user_inputs(work, seed=1)
     hu_path = work / "slice_hu.npy"
     np.save(hu_path, hu.astype(np.float32))
-    script = work / "user.py"
-    script.write_text(USER_SCRIPT)
-
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(work / "hf_modules"))
-    completed = subprocess.run(
-        [sys.executable, str(script), str(tiny_model_dir), dicom_path, str(png_path), str(hu_path)],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    report = run_user_script(USER_SCRIPT, work, tiny_model_dir, dicom_path, png_path, hu_path)
     return {"dicom": dicom_path, "png": png_path, "hu": hu}, report
 
 

@@ -2,17 +2,14 @@
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import run_user_script, user_inputs
 
 from modeling import CTImageProcessor, DualAttentionResNetForImageClassification
-from training.dicom_writer import write_ct_dicom
 
 CODE_FILES = {
     "configuration_dual_attention_resnet.py",
@@ -65,23 +62,9 @@ USER_SCRIPT = textwrap.dedent(
 def remote_run(tiny_model_dir, tmp_path_factory):
     """Writes a CT DICOM and a windowed PNG, runs USER_SCRIPT on them; returns (paths, tensors, report)."""
     work = tmp_path_factory.mktemp("remote_user")
-    rng = np.random.default_rng(0)
-    hu = rng.uniform(-300, 400, size=(96, 96)).round()
-    dicom_path = write_ct_dicom(work / "slice.dcm", hu)
-    png_path = work / "slice.png"
-    Image.fromarray(rng.integers(0, 256, size=(80, 80), dtype=np.uint8)).save(png_path)
-    script = work / "user.py"
-    script.write_text(USER_SCRIPT)
+    _, dicom_path, png_path = user_inputs(work, seed=0)
     out_path = work / "results.pt"
-
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(work / "hf_modules"))
-    completed = subprocess.run(
-        [sys.executable, str(script), str(tiny_model_dir), dicom_path, str(png_path), str(out_path)],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    report = run_user_script(USER_SCRIPT, work, tiny_model_dir, dicom_path, png_path, out_path)
     return {"dicom": dicom_path, "png": png_path}, torch.load(out_path), report
 
 

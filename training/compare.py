@@ -37,7 +37,7 @@ PAPER_AUC = {key: PAPER_RESULTS[name]["auc_roc"] for key, (name, _, _) in MODELS
 
 
 def parse_backbones(text: str) -> dict:
-    """"vgg16=resnet10t,vit_b16=resnet18" -> {"vgg16": "resnet10t", "vit_b16": "resnet18"}."""
+    """ "vgg16=resnet10t,vit_b16=resnet18" -> {"vgg16": "resnet10t", "vit_b16": "resnet18"}."""
     overrides = {}
     for item in filter(None, (part.strip() for part in (text or "").split(","))):
         key, sep, name = item.partition("=")
@@ -58,7 +58,9 @@ def check_model(key: str, backbone: str, attention: str, image_size: int) -> Non
             model(pixel_values=torch.zeros(1, 3, image_size, image_size))
     except Exception as error:  # noqa: BLE001 - timm raises assorted types for shape problems
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"model {key} ({backbone}, attention={attention}) cannot run at {image_size} px: {first_line}") from error
+        raise ConfigError(
+            f"model {key} ({backbone}, attention={attention}) cannot run at {image_size} px: {first_line}"
+        ) from error
 
 
 def read_probabilities(predictions_csv: str) -> np.ndarray:
@@ -79,37 +81,67 @@ def gradcam_localisation(metrics: dict) -> dict:
     return {name: gradcam.get(name) for name in ("pointing_game", "energy_in_mask")}
 
 
-def write_tables(rows: list, output_dir: str, settings: dict) -> str:
-    """comparison.csv (flat numbers) and comparison.md (the paper-style table); returns the markdown."""
+def _write_csv(rows: list, path: str) -> None:
+    """comparison.csv: one row per model, flat numbers (value and interval of each metric, ΔAUC, localisation)."""
     fields = ["key", "model", "backbone", "attention", "threshold", "n"]
     for name in METRIC_NAMES:
         fields += [name, f"{name}_ci_low", f"{name}_ci_high"]
-    fields += ["delta_auc_vs_attention", "delta_auc_ci_low", "delta_auc_ci_high", "delta_auc_p",
-               "gradcam_pointing_game", "gradcam_energy_in_mask", "paper_auc"]
-    with open(os.path.join(output_dir, "comparison.csv"), "w", newline="") as handle:
+    fields += [
+        "delta_auc_vs_attention",
+        "delta_auc_ci_low",
+        "delta_auc_ci_high",
+        "delta_auc_p",
+        "gradcam_pointing_game",
+        "gradcam_energy_in_mask",
+        "paper_auc",
+    ]
+    with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for row in rows:
             m, delta = row["metrics"], row["delta"]
-            flat = {"key": row["key"], "model": row["model"], "backbone": row["backbone"], "attention": row["attention"],
-                    "threshold": m["threshold"], "n": m["n"], "paper_auc": PAPER_AUC[row["key"]]}
+            flat = {
+                "key": row["key"],
+                "model": row["model"],
+                "backbone": row["backbone"],
+                "attention": row["attention"],
+                "threshold": m["threshold"],
+                "n": m["n"],
+                "paper_auc": PAPER_AUC[row["key"]],
+            }
             for name in METRIC_NAMES:
-                flat.update({name: m[name]["value"], f"{name}_ci_low": m[name]["ci_low"], f"{name}_ci_high": m[name]["ci_high"]})
+                flat.update(
+                    {name: m[name]["value"], f"{name}_ci_low": m[name]["ci_low"], f"{name}_ci_high": m[name]["ci_high"]}
+                )
             localisation = gradcam_localisation(m)
             flat.update({f"gradcam_{name}": (value or {}).get("value") for name, value in localisation.items()})
             if delta is not None:
-                flat.update({"delta_auc_vs_attention": delta["value"], "delta_auc_ci_low": delta["ci_low"],
-                             "delta_auc_ci_high": delta["ci_high"], "delta_auc_p": delta["p_value"]})
+                flat.update(
+                    {
+                        "delta_auc_vs_attention": delta["value"],
+                        "delta_auc_ci_low": delta["ci_low"],
+                        "delta_auc_ci_high": delta["ci_high"],
+                        "delta_auc_p": delta["p_value"],
+                    }
+                )
             writer.writerow(flat)
 
-    header = ("| model | " + " | ".join(METRIC_NAMES)
-              + " | ΔAUC attention − model (95 % CI, p) | Grad-CAM pointing game | Grad-CAM energy in mask | paper AUC |")
+
+def write_tables(rows: list, output_dir: str, settings: dict) -> str:
+    """comparison.csv (flat numbers) and comparison.md (the paper-style table); returns the markdown."""
+    _write_csv(rows, os.path.join(output_dir, "comparison.csv"))
+    header = (
+        "| model | "
+        + " | ".join(METRIC_NAMES)
+        + " | ΔAUC attention − model (95 % CI, p) | Grad-CAM pointing game | Grad-CAM energy in mask | paper AUC |"
+    )
     lines = [
         "# Model comparison",
         "",
         f"Test split, {rows[0]['metrics']['n']} slices from {rows[0]['metrics']['n_patients']} patients; every model "
         f"trained with the same settings and seed ({settings}) and called at its own validation operating point "
-        f"(sensitivity {rows[0]['metrics']['operating_point']['target_sensitivity']:.2f}). Cells: value (95 % patient-bootstrap "
+        f"(sensitivity {rows[0]['metrics']['operating_point']['target_sensitivity']:.2f}). "
+        "Cells: value (95 % patient-bootstrap "
         "interval). ΔAUC: paired bootstrap on the same resampled patients.",
         "",
         header,
@@ -118,8 +150,10 @@ def write_tables(rows: list, output_dir: str, settings: dict) -> str:
     for row in rows:
         delta = row["delta"]
         delta_cell = (
-            "reference" if row["key"] == REFERENCE
-            else "n/a" if delta is None
+            "reference"
+            if row["key"] == REFERENCE
+            else "n/a"
+            if delta is None
             else f"{delta['value']:+.3f} ({delta['ci_low']:+.3f} to {delta['ci_high']:+.3f}, p={delta['p_value']:.3f})"
         )
         name = row["model"] if row["backbone"] == MODELS[row["key"]][1] else f"{row['model']} [{row['backbone']}]"
@@ -156,11 +190,27 @@ def compare(data, output_dir, models=tuple(MODELS), backbones=None, settings=Non
     for key in models:
         name, _, attention = MODELS[key]
         print(f"== {name} ({backbones[key]}) ==")
-        run_dir = train({**shared, "output_dir": os.path.join(output_dir, "runs", key), "backbone": backbones[key], "attention": attention})
+        run_dir = train(
+            {
+                **shared,
+                "output_dir": os.path.join(output_dir, "runs", key),
+                "backbone": backbones[key],
+                "attention": attention,
+            }
+        )
         eval_dir = os.path.join(output_dir, "eval", key)
         metrics = evaluate(os.path.join(run_dir, "best"), data, "test", eval_dir, resamples=resamples, seed=seed)
         probabilities[key] = read_probabilities(os.path.join(eval_dir, "predictions.csv"))
-        rows.append({"key": key, "model": name, "backbone": backbones[key], "attention": attention, "metrics": metrics, "delta": None})
+        rows.append(
+            {
+                "key": key,
+                "model": name,
+                "backbone": backbones[key],
+                "attention": attention,
+                "metrics": metrics,
+                "delta": None,
+            }
+        )
 
     if REFERENCE in probabilities:
         from training.data import load_prepared
@@ -172,7 +222,9 @@ def compare(data, output_dir, models=tuple(MODELS), backbones=None, settings=Non
                 row["delta"] = paired_auc_difference(
                     labels, probabilities[REFERENCE], probabilities[row["key"]], patients, resamples, seed
                 )
-    described = ", ".join(f"{k} {shared[k]}" for k in ("image_size", "epochs", "batch_size", "lr", "seed", "pretrained_backbone"))
+    described = ", ".join(
+        f"{k} {shared[k]}" for k in ("image_size", "epochs", "batch_size", "lr", "seed", "pretrained_backbone")
+    )
     print(write_tables(rows, output_dir, described))
     return rows
 
@@ -193,11 +245,28 @@ def main(argv=None) -> list:
     parser.add_argument("--no-pretrained-backbone", dest="pretrained_backbone", action="store_false", default=None)
     parser.add_argument("--bootstrap-resamples", type=int, default=1000)
     args = parser.parse_args(argv)
-    settings = {key: getattr(args, key) for key in ("config", "epochs", "image_size", "batch_size", "lr", "frozen_stages", "seed", "pretrained_backbone")}
+    settings = {
+        key: getattr(args, key)
+        for key in (
+            "config",
+            "epochs",
+            "image_size",
+            "batch_size",
+            "lr",
+            "frozen_stages",
+            "seed",
+            "pretrained_backbone",
+        )
+    }
     try:
         return compare(
-            args.data, args.output_dir, [m.strip() for m in args.models.split(",") if m.strip()],
-            parse_backbones(args.backbones), settings, args.bootstrap_resamples, args.seed or 0,
+            args.data,
+            args.output_dir,
+            [m.strip() for m in args.models.split(",") if m.strip()],
+            parse_backbones(args.backbones),
+            settings,
+            args.bootstrap_resamples,
+            args.seed or 0,
         )
     except (ConfigError, BackboneWeightsError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

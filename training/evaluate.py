@@ -232,7 +232,9 @@ def write_report(path: str, metrics: dict, model_dir: str, data: str) -> None:
         "## For reference: the paper",
         "",
         "The paper reports, for ResNet-50 + dual attention on its own 150 test slices (no intervals, no "
-        "patient-grouped split): " + ", ".join(f"{k} {v:.3f}" for k, v in PAPER_RESULTS[PAPER_ATTENTION_MODEL].items()) + ". "
+        "patient-grouped split): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in PAPER_RESULTS[PAPER_ATTENTION_MODEL].items())
+        + ". "
         "Numbers on other data, and on the synthetic phantom in particular, are not comparable to these.",
         "",
     ]
