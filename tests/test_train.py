@@ -318,3 +318,25 @@ def test_checkpoint_every_n_epochs_and_after_the_last(signal_dataset, tmp_path, 
     assert states_saved_after == [2, 3]
     with pytest.raises(ConfigError, match="checkpoint_every"):
         resolve_config({"data": "DS", "output_dir": "RUN", "checkpoint_every": 0})
+
+
+def test_spatial_variant_flags_reach_the_saved_config_and_a_bad_one_is_one_line(signal_dataset, tmp_path, capsys):
+    tiny_flags = ["--backbone", "resnet10t", "--no-pretrained-backbone", "--image-size", "32", "--batch-size", "8",
+                  "--epochs", "1", "--data", str(signal_dataset)]
+    variant = ["--spatial-attention-stages", "3", "--spatial-gate", "conv_bn", "--spatial-padding", "replicate",
+               "--spatial-kernel-size", "3"]
+    run = Path(main([*tiny_flags, "--output-dir", str(tmp_path / "variant"), *variant]))
+    saved = json.loads((run / "best" / "config.json").read_text())
+    assert (saved["spatial_attention_stages"], saved["spatial_gate"], saved["spatial_padding"],
+            saved["spatial_kernel_size"]) == ([3], "conv_bn", "replicate", 3)
+    # Unset, they are the paper's: stage 4, conv, zero padding, 7 x 7.
+    paper = resolve_config({"data": "DS", "output_dir": "RUN"})
+    assert (paper["spatial_attention_stages"], paper["spatial_gate"], paper["spatial_padding"],
+            paper["spatial_kernel_size"]) == ([4], "conv", "zeros", 7)
+
+    capsys.readouterr()  # the first run's progress bars
+    with pytest.raises(SystemExit) as exit_info:
+        main([*tiny_flags, "--output-dir", str(tmp_path / "bad"), "--spatial-kernel-size", "4"])
+    assert exit_info.value.code == 2
+    error_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(error_lines) == 1 and "spatial_kernel_size" in error_lines[0]

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from modeling import ATTENTION_MODES, DualAttentionResNetConfig, DualAttentionResNetForImageClassification
+from modeling.attention import SPATIAL_GATES, SPATIAL_PADDINGS
 from training.data import BatchAugmentation, load_prepared, processor_from_info, torch_splits
 
 # The paper's protocol (training.paper.PAPER_TITLE); training/configs/paper.yaml spells the same values out.
@@ -46,6 +47,11 @@ DEFAULTS = {
     "frozen_stages": None,  # None: the paper's 2 with ImageNet weights, 0 from random init (choose_frozen_stages)
     "dropout": 0.5,
     "attention_loss_weight": 0.0,  # > 0: supervise the spatial map with lesion masks (not in the paper)
+    # The spatial branch's variant (DualAttentionResNetConfig); these four are the paper's.
+    "spatial_attention_stages": [4],
+    "spatial_gate": "conv",
+    "spatial_padding": "zeros",
+    "spatial_kernel_size": 7,
     "pretrained_backbone": True,
     "backbone_weights": None,
     "image_size": 224,
@@ -113,14 +119,21 @@ def resolve_config(overrides: Optional[dict] = None, config_path: Optional[str] 
 
 def build_model(config: dict) -> DualAttentionResNetForImageClassification:
     """A fresh model for these settings, ImageNet-initialised unless `pretrained_backbone` is false."""
-    model_config = DualAttentionResNetConfig(
-        backbone=config["backbone"],
-        attention=config["attention"],
-        dropout=config["dropout"],
-        frozen_stages=config["frozen_stages"],
-        image_size=config["image_size"],
-        attention_loss_weight=config["attention_loss_weight"],
-    )
+    try:
+        model_config = DualAttentionResNetConfig(
+            backbone=config["backbone"],
+            attention=config["attention"],
+            dropout=config["dropout"],
+            frozen_stages=config["frozen_stages"],
+            image_size=config["image_size"],
+            attention_loss_weight=config["attention_loss_weight"],
+            spatial_attention_stages=config["spatial_attention_stages"],
+            spatial_gate=config["spatial_gate"],
+            spatial_padding=config["spatial_padding"],
+            spatial_kernel_size=config["spatial_kernel_size"],
+        )
+    except ValueError as error:  # a bad setting (e.g. spatial_gate): one line, not a traceback
+        raise ConfigError(str(error)) from error
     model = DualAttentionResNetForImageClassification(model_config)
     if config["pretrained_backbone"]:
         try:
@@ -450,6 +463,12 @@ def parse_args(argv=None) -> dict:
     parser.add_argument("--dropout", type=float)
     parser.add_argument("--attention-loss-weight", type=float,
                         help="weight of the spatial-attention supervision by lesion masks (default 0: off)")
+    parser.add_argument("--spatial-attention-stages",
+                        help="stage(s) of the spatial branch: 4 (the paper's), 3 or 3+4")
+    parser.add_argument("--spatial-gate", choices=SPATIAL_GATES, help="conv (the paper's) or conv_bn (CBAM's)")
+    parser.add_argument("--spatial-padding", choices=SPATIAL_PADDINGS,
+                        help="padding of the spatial conv: zeros (the paper's), replicate or reflect")
+    parser.add_argument("--spatial-kernel-size", type=int, help="odd kernel side of the spatial conv (default 7)")
     parser.add_argument("--no-pretrained-backbone", dest="pretrained_backbone", action="store_false", default=None,
                         help="random backbone initialisation instead of ImageNet weights")
     parser.add_argument("--backbone-weights", help="local timm checkpoint with ImageNet weights (offline machines)")
