@@ -12,6 +12,7 @@ upload (and whatever a zip held) is deleted as soon as it has been read.
 """
 
 import argparse
+import asyncio
 import atexit
 import filecmp
 import hashlib
@@ -183,15 +184,26 @@ class UploadCounts(set):
     when the last request that uploaded those bytes has read them: no request finds it gone, and none
     is kept longer than its readers need. Uploads no request ever reads (a page closed after
     uploading) are removed by Gradio's cache sweep (`delete_cache`), which subtracts them from this set.
+
+    Gradio's upload route renames the new file onto the shared path and then calls `update`, both on
+    the server's event loop with no `await` between them. A request releases from a worker thread, so
+    a delete done there could land between that rename and that `update` and remove a file another
+    upload has just put back. The delete is therefore run on the event loop too, where it falls either
+    before the rename (the upload writes the file anew) or after the `update` (the count keeps it).
     """
 
     def __init__(self, paths=()):
         super().__init__(paths)
         self.lock = threading.Lock()
         self.pending = Counter()  # resolved path -> uploads of it that no request has read yet
+        self.loop = None  # the event loop Gradio's upload route runs on, once an upload has arrived
 
     def update(self, *groups):
         """Called by Gradio's upload route with the paths it has just written."""
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the server (start-up, tests)
+            pass
         with self.lock:
             for group in groups:
                 group = list(group)
@@ -215,7 +227,16 @@ class UploadCounts(set):
                 self.pending[key] -= 1
                 return
             self.pending.pop(key, None)
-            path.unlink(missing_ok=True)
+        try:
+            self.loop.call_soon_threadsafe(self._delete_unless_uploaded_again, path)
+        except (AttributeError, RuntimeError):  # no server, or its loop has closed
+            self._delete_unless_uploaded_again(path)
+
+    def _delete_unless_uploaded_again(self, path: Path) -> None:
+        with self.lock:
+            if self.pending[str(path)] == 0:
+                self.pending.pop(str(path), None)
+                path.unlink(missing_ok=True)
 
 
 UPLOADS = UploadCounts()

@@ -1,11 +1,13 @@
 """The demo's predict function, in-process: pydicom's bundled CT slice, bad files, patient data."""
 
+import asyncio
 import importlib.util
 import json
 import logging
 import os
 import shutil
 import sys
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -498,3 +500,45 @@ def test_an_upload_shared_by_identical_requests_is_deleted_by_its_last_reader(ap
     uploads.update([str(shared)])
     uploads.release(shared.resolve())
     assert not shared.exists() and str(shared) in uploads
+
+
+def test_a_release_racing_an_identical_upload_never_deletes_the_new_upload(app, tmp_path):
+    """The failure CI caught: a reader's delete landing between Gradio's rename of a new identical upload
+    onto the shared path and its `update` call. Here the server's loop is held inside that gap while the
+    first reader releases, so the order is forced rather than hoped for."""
+    import asyncio
+
+    uploads = app.UploadCounts()
+    shared = tmp_path / "sha" / "slice.dcm"
+    shared.parent.mkdir()
+    loop = asyncio.new_event_loop()
+    server = threading.Thread(target=loop.run_forever, daemon=True)
+    server.start()
+    in_the_gap, released = threading.Event(), threading.Event()
+
+    def upload(hold_in_the_gap):
+        """Gradio's upload route: rename the received file onto the path, then record it (one loop step)."""
+        incoming = tmp_path / f"incoming-{hold_in_the_gap}"
+        incoming.write_bytes(b"same bytes")
+        os.rename(incoming, shared)
+        if hold_in_the_gap:
+            in_the_gap.set()
+            released.wait(5)
+        uploads.update([str(shared)])
+
+    try:
+        loop.call_soon_threadsafe(upload, False)  # client A uploads
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(5)
+        loop.call_soon_threadsafe(upload, True)  # client B uploads the same bytes ...
+        assert in_the_gap.wait(5)
+        uploads.release(shared.resolve())  # ... while A's request finishes reading
+        released.set()
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(5)
+        assert shared.exists(), "B's upload must survive A's release"
+        uploads.release(shared.resolve())  # B's request reads it
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(5)
+        assert not shared.exists(), "deleted once its last reader is done"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        server.join(5)
+        loop.close()
