@@ -2,9 +2,11 @@
 
 1. `training.prepare` with one reader (read, window, resize, masks, split, write Arrow) against bare
    `pydicom.dcmread(path).pixel_array` on the same 512 px slices, both in this process (interpreter
-   start and imports excluded). Goal: >= 0.5x.
-2. `training.prepare` with `--workers` readers against `--workers` x the one-reader rate: the scaling
-   efficiency (near 1 = linear). It needs that many free cores to mean anything.
+   start and imports excluded). Goal: >= 0.5x. Printed next to it: prepare's reading phase alone, and
+   a floor, decode plus the processor's antialiased resize (the least any prepare must do per slice).
+2. `training.prepare` (and its reading phase alone) with `--workers` readers against `--workers` x the
+   one-reader rate: the scaling efficiency (near 1 = linear). It needs that many free cores to mean
+   anything; splitting and writing the Arrow files stay in one process.
 3. The training loader (augmented, normalised batches) against one ResNet-50 dual-attention training
    step on the CPU. Goal: the loader is never the bottleneck (ratio > 1 with one loader process).
 
@@ -23,10 +25,11 @@ import time
 import pydicom
 import torch
 
-from modeling import DualAttentionResNetConfig, DualAttentionResNetForImageClassification
+from modeling import CTImageProcessor, DualAttentionResNetConfig, DualAttentionResNetForImageClassification
+from modeling.image_processing_ct import resize_slice
 from training.data import load_prepared, torch_splits
 from training.phantom import generate_phantom
-from training.prepare import prepare_dataset
+from training.prepare import prepare_dataset, read_all, records_from_manifest
 
 
 def timed(function):
@@ -46,6 +49,21 @@ def wall_and_cpu(function):
     cpu = cpu_seconds()
     _, wall = timed(function)
     return wall, cpu_seconds() - cpu
+
+
+def bare_decode(paths, resize_to: int = 0) -> None:
+    """Decode every file, each array dropped before the next (as prepare drops its native slices);
+    with `resize_to`, also the processor's antialiased resize of each slice to that size, on one
+    thread like a reader of prepare's."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for path in paths:
+            pixels = pydicom.dcmread(path).pixel_array
+            if resize_to:
+                resize_slice(pixels, (resize_to, resize_to))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def loader_against_training_step(data_dir: str, size: int, batch_size: int, batches: int):
@@ -89,8 +107,13 @@ def main(argv=None):
         manifest = generate_phantom(phantom, args.n_per_class, seed=0, image_size=args.native_size, progress=False)
         paths = [os.path.join(root, name) for root, _, names in os.walk(phantom) for name in names
                  if name.endswith(".dcm")]
+        processor = CTImageProcessor(size=args.size, do_normalize=False)
+        records, _ = records_from_manifest(manifest)
         runs = {
-            "bare": lambda: [pydicom.dcmread(path).pixel_array for path in paths],
+            "bare": lambda: bare_decode(paths),
+            "floor": lambda: bare_decode(paths, resize_to=args.size),
+            "read": lambda: read_all(records, processor, None, num_workers=1),
+            "read_many": lambda: read_all(records, processor, None, num_workers=args.workers),
             "one": lambda: prepare_dataset(manifest, os.path.join(scratch, "ds1"), size=args.size, num_workers=1),
             "many": lambda: prepare_dataset(manifest, os.path.join(scratch, "ds_many"), size=args.size,
                                             num_workers=args.workers),
@@ -108,14 +131,19 @@ def main(argv=None):
     print(f"\nfiles: {n} CT DICOMs {args.native_size}x{args.native_size} with lesion masks, model size "
           f"{args.size}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}, best of {args.repeats}")
     print("                                   wall slices/s   CPU ms/slice")
-    for name, label in (("bare", "bare pydicom decode (1 process)"), ("one", "prepare, 1 reader"),
+    for name, label in (("bare", "bare pydicom decode (1 process)"), ("floor", "decode + resize only (floor)"),
+                        ("read", "prepare's reading, 1 reader"), ("read_many", f"prepare's reading, {args.workers} readers"),
+                        ("one", "prepare, 1 reader"),
                         ("many", f"prepare, {args.workers} readers")):
         print(f"{label:34s} {n / wall[name]:10.1f} {1000 * cpu[name] / n:14.2f}")
     print(f"prepare 1 reader / bare decode:    wall {wall['bare'] / wall['one']:.2f}x, "
           f"CPU {cpu['bare'] / cpu['one']:.2f}x  (goal >= 0.5)")
-    scaling = wall["one"] / (args.workers * wall["many"])
-    print(f"{args.workers} readers / ({args.workers} x 1 reader):   wall {scaling:.2f}, "
-          f"CPU per slice {cpu['one'] / cpu['many']:.2f}  (1 = linear; wall needs {args.workers} idle cores)")
+    print(f"floor / bare decode:               wall {wall['bare'] / wall['floor']:.2f}x  (the best any prepare "
+          f"that resizes like the processor can reach, before masks and writing)")
+    for name, phase in (("read", "reading"), ("one", "prepare")):
+        many = "read_many" if name == "read" else "many"
+        print(f"{phase}, {args.workers} readers / ({args.workers} x 1):  wall {wall[name] / (args.workers * wall[many]):.2f}, "
+              f"CPU per slice {cpu[name] / cpu[many]:.2f}  (1 = linear; wall needs {args.workers} idle cores)")
     if args.batches:
         print(f"loader, augmented (1 process):         {load_rate:8.1f} images/s")
         print(f"ResNet-50 dual-attention training:     {train_rate:8.1f} images/s (batch {args.batch_size})")

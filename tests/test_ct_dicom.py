@@ -140,3 +140,28 @@ def test_unreadable_png_files_get_one_line_reasons(tmp_path):
             processor(tmp_path / name)
     with pytest.raises(ValueError, match="^no such file: .*missing.png$"):
         processor(str(tmp_path / "missing.png"))
+
+
+@pytest.mark.parametrize("slope, intercept", [(1.0, -1024.0), (0.7371, -1023.4), (2.5, -3000.0)])
+def test_hu_agree_with_pydicoms_modality_lut(slope, intercept):
+    """Our float32 rescale against pydicom's float64 one, on awkward slopes and the full uint16 range."""
+    from pydicom.pixels import apply_modality_lut, pixel_array
+
+    ds = ct_dataset(np.zeros((8, 8)), rescale_slope=slope, rescale_intercept=intercept)
+    stored = np.linspace(0, 65535, 64).astype(np.uint16).reshape(8, 8)
+    ds.PixelData = stored.tobytes()
+    hu = read_ct_hu(ds)
+    assert hu.dtype == np.float32
+    np.testing.assert_allclose(hu, apply_modality_lut(pixel_array(ds), ds), rtol=1e-6, atol=1e-3)
+
+
+def test_a_modality_lut_sequence_is_applied_as_pydicom_does():
+    ds = ct_dataset(np.zeros((8, 8)))
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.PixelData = (np.arange(64, dtype=np.uint16) * 4).reshape(8, 8).tobytes()
+    lut = pydicom.Dataset()
+    lut.LUTDescriptor = [256, 0, 16]
+    lut.LUTData = [3 * k + 7 for k in range(256)]
+    lut["LUTData"].VR = "US"
+    ds.ModalityLUTSequence = [lut]
+    np.testing.assert_array_equal(read_ct_hu(ds), 3.0 * (np.arange(64) * 4).reshape(8, 8) + 7)
