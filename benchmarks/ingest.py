@@ -21,7 +21,9 @@ import os
 import resource
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 
+import numpy as np
 import pydicom
 import torch
 
@@ -64,6 +66,28 @@ def bare_decode(paths, resize_to: int = 0) -> None:
                 resize_slice(pixels, (resize_to, resize_to))
     finally:
         torch.set_num_threads(threads)
+
+
+def _busy_work(_) -> float:
+    """Seconds taken by a fixed CPU-bound job (a Python loop and a few numpy passes), timed where it runs."""
+    started = time.perf_counter()
+    total, values = 0, np.random.default_rng(0).random(1 << 20, dtype=np.float32)
+    for i in range(1_000_000):
+        total += i
+    for _ in range(20):
+        values = np.sqrt(values * values + 1.0)
+    return time.perf_counter() - started
+
+
+def machine_parallel_efficiency(workers: int) -> float:
+    """How much of `workers` x one process's speed this machine gives `workers` processes busy at once
+    (1 = independent cores; shared cores or throttling give less): the ceiling for reader scaling."""
+    with ProcessPoolExecutor(1) as pool:
+        alone = min(pool.map(_busy_work, range(3)))
+    with ProcessPoolExecutor(workers) as pool:
+        pool.submit(_busy_work, 0).result()  # every worker started before the timed round
+        together = max(pool.map(_busy_work, range(workers)))
+    return alone / together
 
 
 def loader_against_training_step(data_dir: str, size: int, batch_size: int, batches: int):
@@ -123,6 +147,7 @@ def main(argv=None):
             for name, run in runs.items():
                 run_wall, run_cpu = wall_and_cpu(run)
                 wall[name], cpu[name] = min(wall[name], run_wall), min(cpu[name], run_cpu)
+        efficiency = machine_parallel_efficiency(args.workers)
         if args.batches:
             load_rate, train_rate = loader_against_training_step(
                 os.path.join(scratch, "ds1"), args.size, args.batch_size, args.batches)
@@ -140,6 +165,8 @@ def main(argv=None):
           f"CPU {cpu['bare'] / cpu['one']:.2f}x  (goal >= 0.5)")
     print(f"floor / bare decode:               wall {wall['bare'] / wall['floor']:.2f}x  (the best any prepare "
           f"that resizes like the processor can reach, before masks and writing)")
+    print(f"this machine, {args.workers} busy processes / ({args.workers} x 1): {efficiency:.2f}  "
+          "(the ceiling for the two lines below)")
     for name, phase in (("read", "reading"), ("one", "prepare")):
         many = "read_many" if name == "read" else "many"
         print(f"{phase}, {args.workers} readers / ({args.workers} x 1):  wall {wall[name] / (args.workers * wall[many]):.2f}, "

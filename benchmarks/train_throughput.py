@@ -139,6 +139,7 @@ def run_cpu(args) -> dict:
         dataset_dict = load_prepared(data["data"])[0]
         sizes = (args.batch_size, args.image_size, len(dataset_dict["train"]), len(dataset_dict["validation"]))
         bare_model = bare_resnet50(device, False)
+        bare_epoch_throughput(bare_model, device, *sizes)  # warm-up, as our loop's first epoch is not counted
         # Bare before and after ours: on a shared machine the load drifts, and the two show by how much.
         bare_before = bare_epoch_throughput(bare_model, device, *sizes)
         ours = loop_throughput(data["data"], os.path.join(workdir, "run"), {

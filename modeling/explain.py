@@ -11,6 +11,7 @@ EigenCAM, ...) are used through the library itself with `method=`.
 Not imported by the model files: remote-code loading must not need grad-cam or matplotlib.
 """
 
+from contextlib import contextmanager
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -150,6 +151,21 @@ def _library_cam(model: nn.Module, pixel_values: torch.Tensor, method: str):
     return outputs.logits.detach(), spatial, cam_maps
 
 
+@contextmanager
+def _grad_checkpointing_off(backbone: nn.Module):
+    """timm's gradient checkpointing calls a stage's blocks itself, so the stage's forward hook, where
+    Grad-CAM takes its activations, never fires. A training-time memory saving, it is switched off for
+    the explaining forward and back on after."""
+    enabled = bool(getattr(backbone, "grad_checkpointing", False))
+    if enabled:
+        backbone.set_grad_checkpointing(False)
+    try:
+        yield
+    finally:
+        if enabled:
+            backbone.set_grad_checkpointing(True)
+
+
 def explain(model: nn.Module, pixel_values: torch.Tensor, method: str = "gradcam") -> Dict[str, Optional[torch.Tensor]]:
     """Probability, spatial attention map and Grad-CAM (or another CAM `method`) per image.
 
@@ -172,10 +188,11 @@ def explain(model: nn.Module, pixel_values: torch.Tensor, method: str = "gradcam
     was_training = model.training
     model.eval()
     try:
-        if method == "gradcam":
-            logits, spatial, cam = _gradcam(model, pixel_values)
-        else:
-            logits, spatial, cam = _library_cam(model, pixel_values, method)
+        with _grad_checkpointing_off(model.dual_attention_resnet.backbone):
+            if method == "gradcam":
+                logits, spatial, cam = _gradcam(model, pixel_values)
+            else:
+                logits, spatial, cam = _library_cam(model, pixel_values, method)
     finally:
         model.train(was_training)
     attention = None

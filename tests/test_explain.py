@@ -224,3 +224,17 @@ def test_overlay_resizes_a_model_resolution_map_to_the_slice():
 def test_overlay_refuses_a_batch_of_maps():
     with pytest.raises(ValueError, match="2-D slice and map"):
         overlay(np.zeros((8, 8)), np.zeros((2, 8, 8)))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_explain_works_on_a_model_set_up_for_gradient_checkpointing(method):
+    """timm's checkpointing calls a stage's blocks itself, past the hook Grad-CAM reads: explain turns it
+    off for its own forward, gives the maps of the plain model, and leaves it on for training."""
+    model = tiny_model().eval()
+    pixels = random_pixels()
+    expected = explain(model, pixels, method=method)
+    model.gradient_checkpointing_enable()
+    explained = explain(model, pixels, method=method)
+    for key in ("probability", "attention", "gradcam"):
+        torch.testing.assert_close(explained[key], expected[key])
+    assert model.dual_attention_resnet.backbone.grad_checkpointing
