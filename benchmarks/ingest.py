@@ -156,10 +156,10 @@ def main(argv=None):
     print(f"\nfiles: {n} CT DICOMs {args.native_size}x{args.native_size} with lesion masks, model size "
           f"{args.size}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}, best of {args.repeats}")
     print("                                   wall slices/s   CPU ms/slice")
-    for name, label in (("bare", "bare pydicom decode (1 process)"), ("floor", "decode + resize only (floor)"),
-                        ("read", "prepare's reading, 1 reader"), ("read_many", f"prepare's reading, {args.workers} readers"),
-                        ("one", "prepare, 1 reader"),
-                        ("many", f"prepare, {args.workers} readers")):
+    rows = (("bare", "bare pydicom decode (1 process)"), ("floor", "decode + resize only (floor)"),
+            ("read", "prepare's reading, 1 reader"), ("read_many", f"prepare's reading, {args.workers} readers"),
+            ("one", "prepare, 1 reader"), ("many", f"prepare, {args.workers} readers"))
+    for name, label in rows:
         print(f"{label:34s} {n / wall[name]:10.1f} {1000 * cpu[name] / n:14.2f}")
     print(f"prepare 1 reader / bare decode:    wall {wall['bare'] / wall['one']:.2f}x, "
           f"CPU {cpu['bare'] / cpu['one']:.2f}x  (goal >= 0.5)")
@@ -169,7 +169,8 @@ def main(argv=None):
           "(the ceiling for the two lines below)")
     for name, phase in (("read", "reading"), ("one", "prepare")):
         many = "read_many" if name == "read" else "many"
-        print(f"{phase}, {args.workers} readers / ({args.workers} x 1):  wall {wall[name] / (args.workers * wall[many]):.2f}, "
+        scaling = wall[name] / (args.workers * wall[many])
+        print(f"{phase}, {args.workers} readers / ({args.workers} x 1):  wall {scaling:.2f}, "
               f"CPU per slice {cpu[name] / cpu[many]:.2f}  (1 = linear; wall needs {args.workers} idle cores)")
     if args.batches:
         print(f"loader, augmented (1 process):         {load_rate:8.1f} images/s")

@@ -114,9 +114,15 @@ def map_captions(config: dict) -> list:
     """Rows `{"name", "text"}`: what each explanation map of this model was measured to point at."""
     measured = config.get("localisation") or {}
     rows = []
+    stage = config.get("gradcam_stage", 4)
     for key, name in EXPLANATION_MAPS:
         if key == "attention" and config.get("attention") not in SPATIAL_ATTENTION_MODES:
             rows.append({"name": name, "text": "none: this model has no spatial attention branch"})
+        elif key == "gradcam":
+            entry = measured.get(key)
+            same_stage = entry is not None and entry.get("stage", 4) == stage
+            rows.append({"name": f"{name} (backbone stage {stage}{', the last' if stage == 4 else ''})",
+                         "text": map_caption(entry if same_stage else None)})
         else:
             rows.append({"name": name, "text": map_caption(measured.get(key))})
     return rows

@@ -16,6 +16,7 @@ ATTENTION_MODES = ("dual", "channel", "spatial", "none")
 METASTATIC_LABEL = "metastatic"
 # Stages as a ResNet counts them: 4 is the last stage (the paper's place for attention), 3 the one before.
 SPATIAL_ATTENTION_STAGES = ([4], [3], [3, 4])
+GRADCAM_STAGES = (4, 3)
 LOCALISATION_MAPS = ("attention", "gradcam")
 NON_METASTATIC_LABEL = "non_metastatic"
 # The binary label's names, index = label: class folders, prepared datasets, CSVs and the demo use these.
@@ -80,6 +81,11 @@ class DualAttentionResNetConfig(PretrainedConfig):
             Input size the model was trained at (informational; the processor resizes).
         num_channels (`int`, *optional*, defaults to 3):
             Input channels of the backbone; the processor repeats the windowed slice to 3.
+        gradcam_stage (`int`, *optional*, defaults to 4):
+            The backbone stage whose output Grad-CAM explains, counted as for `spatial_attention_stages`:
+            4 the last (the paper's "final convolutional layer"), 3 the one before it (14 x 14 at 224 px
+            instead of 7 x 7: a map four times finer). CNN backbones only for 3. Changes no weight: it
+            may be set on a trained model, and evaluation measures the map it selects.
         localisation (`dict`, *optional*):
             How often each map pointed at the lesion on the model's evaluation, written by evaluation:
             `{"attention": {...}, "gradcam": {...}}`, each `{"pointing_game": float, "pointing_game_ci":
@@ -107,6 +113,7 @@ class DualAttentionResNetConfig(PretrainedConfig):
         spatial_gate="conv",
         spatial_padding="zeros",
         attention_loss_weight=0.0,
+        gradcam_stage=4,
         localisation=None,
         threshold_note=None,
         **kwargs,
@@ -132,6 +139,8 @@ class DualAttentionResNetConfig(PretrainedConfig):
         stages = _stage_list(spatial_attention_stages)
         _check_spatial_variant(attention, stages, spatial_attention_stages, spatial_gate, spatial_padding,
                                attention_loss_weight)
+        if gradcam_stage not in GRADCAM_STAGES or isinstance(gradcam_stage, bool):
+            raise ValueError(f"`gradcam_stage` must be one of {GRADCAM_STAGES}, got {gradcam_stage!r}.")
         _check_evaluation_notes(localisation, threshold_note)
 
         self.backbone = backbone
@@ -147,6 +156,7 @@ class DualAttentionResNetConfig(PretrainedConfig):
         self.spatial_gate = spatial_gate
         self.spatial_padding = spatial_padding
         self.attention_loss_weight = float(attention_loss_weight)
+        self.gradcam_stage = gradcam_stage
         self.localisation = localisation
         self.threshold_note = threshold_note
         # One output: the metastasis logit. With num_labels == 1 the image-classification pipeline

@@ -39,23 +39,33 @@ def is_token_model(backbone: nn.Module) -> bool:
     return getattr(backbone, "num_prefix_tokens", None) is not None and hasattr(backbone, "blocks")
 
 
-def target_layer_name(backbone: nn.Module) -> str:
+def target_layer_name(backbone: nn.Module, stage: int = 4) -> str:
     """Name of the backbone module whose output Grad-CAM explains.
 
-    CNNs: the last stage of timm's `feature_info` (`layer4` for ResNets). Token models (ViT): the
-    last block's `norm1`, because the class token is pooled after a per-token norm, so at the
-    stage's output only the class token has a gradient; `norm1` is where the patch tokens still mix
-    into it (pytorch-grad-cam's recipe for ViTs).
+    CNNs: stage `stage` counted as in a ResNet (`config.gradcam_stage`): 4 the last stage of timm's
+    `feature_info` (`layer4` for ResNets), 3 the one before it (`layer3`, twice the resolution). Token
+    models (ViT, one resolution throughout): the last block's `norm1`, because the class token is
+    pooled after a per-token norm, so at the stage's output only the class token has a gradient;
+    `norm1` is where the patch tokens still mix into it (pytorch-grad-cam's recipe for ViTs).
     """
     if is_token_model(backbone):
+        if stage != 4:
+            raise ValueError(f"gradcam_stage={stage} needs a CNN backbone; a token model has one resolution (use 4)")
         return f"blocks.{len(backbone.blocks) - 1}.norm1"
-    return backbone.feature_info[-1]["module"]
+    return backbone.feature_info[stage - 5]["module"]
 
 
 def target_layer(model: nn.Module) -> nn.Module:
-    """The module of `model.dual_attention_resnet.backbone` named by `target_layer_name`."""
+    """The module of `model.dual_attention_resnet.backbone` named by `target_layer_name` for the
+    model's `config.gradcam_stage` (4 for configs saved before the field existed)."""
     backbone = model.dual_attention_resnet.backbone
-    return backbone.get_submodule(target_layer_name(backbone))
+    return backbone.get_submodule(target_layer_name(backbone, getattr(model.config, "gradcam_stage", 4)))
+
+
+def gradcam_title(config) -> str:
+    """How the demo and the explanation panels name the Grad-CAM map of a model with `config`."""
+    stage = getattr(config, "gradcam_stage", 4)
+    return "Grad-CAM (last backbone stage)" if stage == 4 else f"Grad-CAM (backbone stage {stage})"
 
 
 def tokens_to_grid(tokens: torch.Tensor, backbone: nn.Module, input_size: Tuple[int, int]) -> torch.Tensor:
@@ -239,6 +249,7 @@ __all__ = [
     "LIBRARY_CAM_METHODS",
     "LogitsOnly",
     "explain",
+    "gradcam_title",
     "is_token_model",
     "overlay",
     "scale_to_unit",

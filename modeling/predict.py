@@ -58,7 +58,7 @@ from .ct_volume import (
     read_ct_volumes,
     skip_warning,
 )
-from .explain import explain, overlay
+from .explain import explain, gradcam_title, overlay
 from .image_processing_ct import IMAGE_SUFFIXES, resize_slice
 
 CSV_COLUMNS = (
@@ -291,7 +291,8 @@ def explanation_name(item_index: int, slice_index: int, path: str) -> str:
     return f"{item_index:05d}_{slice_index:04d}_{hashlib.sha1(path.encode('utf-8')).hexdigest()[:10]}.png"
 
 
-def explanation_panel(unit: np.ndarray, attention, gradcam, probability: float, min_width: int = 256) -> np.ndarray:
+def explanation_panel(unit: np.ndarray, attention, gradcam, probability: float, min_width: int = 256,
+                      gradcam_label: str = "Grad-CAM (last backbone stage)") -> np.ndarray:
     """Slice | attention overlay | Grad-CAM overlay side by side under a caption: `uint8` RGB image.
 
     Panels are shown at the slice's resolution, enlarged to `min_width` so captions fit small slices;
@@ -304,7 +305,7 @@ def explanation_panel(unit: np.ndarray, attention, gradcam, probability: float, 
     panels = [("CT slice", np.repeat(grey[..., None], 3, axis=2))]
     if attention is not None:
         panels.append(("spatial attention", overlay(unit, attention)))
-    panels.append(("Grad-CAM (last backbone stage)", overlay(unit, gradcam)))
+    panels.append((gradcam_label, overlay(unit, gradcam)))
     height, width = grey.shape
     gap, line = 8, 16
     canvas = Image.new("RGB", (len(panels) * width + (len(panels) - 1) * gap, height + 2 * line + 4), "white")
@@ -368,7 +369,8 @@ def _finish(volume: _Volume, model, processor, threshold: float, positive_label:
             row = volume.rows[k]
             row["explanation"] = explanation_name(volume.item.index, k, row["path"])
             attention = maps["attention"][position] if maps["attention"] is not None else None
-            panel = explanation_panel(units[position], attention, maps["gradcam"][position], probabilities[k])
+            panel = explanation_panel(units[position], attention, maps["gradcam"][position], probabilities[k],
+                                      gradcam_label=gradcam_title(model.config))
             Image.fromarray(panel).save(os.path.join(explain_dir, row["explanation"]))
         if volume.volume is not None and len(probabilities) > 1:
             name = f"{volume.item.index:05d}_{volume.volume.key}_probability.png"

@@ -53,7 +53,7 @@ from modeling import METASTATIC_LABEL as METASTATIC
 from modeling import NON_METASTATIC_LABEL as NON_METASTATIC
 from modeling.ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom, technical_metadata
 from modeling.ct_volume import NIFTI_SUFFIXES, CTVolume, read_ct_volumes
-from modeling.explain import explain, overlay
+from modeling.explain import explain, gradcam_title, overlay
 from modeling.predict import score_volume
 
 QUICKSTART_MODEL = HERE.parent / "quickstart_output" / "run" / "best"
@@ -91,14 +91,18 @@ def _percent(fraction: float) -> str:
     return f"{100 * fraction:.0f} %" if fraction >= 0.01 or fraction == 0 else f"{100 * fraction:.1f} %"
 
 
-def localisation_caption(localisation, map_name: str) -> str:
+def localisation_caption(localisation, map_name: str, gradcam_stage: int = 4) -> str:
     """One sentence on how often `map_name`'s peak fell on the lesion when the model was evaluated.
 
     `localisation` is `model.config.localisation` (None when never measured):
     `{"attention"|"gradcam": {"pointing_game", "pointing_game_ci": [lo, hi], "energy_in_mask",
-    "n_slices", "chance", "split"}}`.
+    "n_slices", "chance", "split"}}`, Grad-CAM's with the backbone `stage` it explained then (4 when
+    absent); measured on another stage than the model's `gradcam_stage` now, it says nothing of this map.
     """
     measured = (localisation or {}).get(map_name)
+    if measured and map_name == "gradcam" and measured.get("stage", 4) != gradcam_stage:
+        return (f"This map (backbone stage {gradcam_stage}) was never evaluated: the measured localisation is "
+                f"of stage {measured.get('stage', 4)}'s Grad-CAM.")
     if not measured:
         return "This map's localisation was never evaluated: how often it points at the lesion is unknown."
     details = []
@@ -277,7 +281,7 @@ class Predictor:
         )
 
     def caption(self, map_name: str) -> str:
-        return localisation_caption(self.localisation, map_name)
+        return localisation_caption(self.localisation, map_name, getattr(self.model.config, "gradcam_stage", 4))
 
     def _read(self, path, window_center, window_width):
         """DICOM path -> (`pixel_values` `(1, 3, S, S)`, shown slice in [0, 1], metadata).
@@ -518,9 +522,8 @@ def _overlays(predictor, prefix: str = "") -> tuple:
             attention = OverlayImage(label="Spatial attention", format="png", elem_id=f"{prefix}attention-overlay")
             _caption(predictor, "attention", f"{prefix}attention-caption")
         with gr.Column():
-            gradcam = OverlayImage(
-                label="Grad-CAM (last backbone stage)", format="png", elem_id=f"{prefix}gradcam-overlay"
-            )
+            title = gradcam_title(predictor.model.config) if predictor else "Grad-CAM"
+            gradcam = OverlayImage(label=title, format="png", elem_id=f"{prefix}gradcam-overlay")
             _caption(predictor, "gradcam", f"{prefix}gradcam-caption")
     return attention, gradcam
 

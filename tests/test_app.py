@@ -459,6 +459,12 @@ def test_overlay_captions_give_the_measured_localisation(app):
         "On its evaluation (validation split, 7 metastatic slices), this map's peak fell on the lesion in 0 % of "
         "them (chance 0.4 %)."
     )
+    # measured on stage 3, shown on a model that now explains stage 4 (or the reverse): not this map's numbers
+    stage_3 = {"gradcam": {**small_chance["gradcam"], "stage": 3}}
+    assert app.localisation_caption(stage_3, "gradcam", gradcam_stage=3).startswith("On its evaluation")
+    assert app.localisation_caption(stage_3, "gradcam") == (
+        "This map (backbone stage 4) was never evaluated: the measured localisation is of stage 3's Grad-CAM."
+    )
 
 
 def test_page_shows_threshold_note_and_captions_from_the_config(app, tiny_model_dir, tmp_path):
@@ -479,6 +485,9 @@ def test_page_shows_threshold_note_and_captions_from_the_config(app, tiny_model_
     assert "never evaluated" in shown["gradcam-caption"] and "never evaluated" in shown["series-gradcam-caption"]
     labels = [block.label for block in blocks.blocks.values() if isinstance(block, app.DecisionLabel)]
     assert labels == ["Decision at threshold 0.9963", "Series decision at threshold 0.9963"]
+    gradcam_labels = [block.label for block in blocks.blocks.values() if getattr(block, "elem_id", "") and
+                      block.elem_id.endswith("gradcam-overlay")]
+    assert gradcam_labels == ["Grad-CAM (last backbone stage)"] * 2
 
 
 def test_an_upload_shared_by_identical_requests_is_deleted_by_its_last_reader(app, tmp_path):
@@ -506,8 +515,6 @@ def test_a_release_racing_an_identical_upload_never_deletes_the_new_upload(app, 
     """The failure CI caught: a reader's delete landing between Gradio's rename of a new identical upload
     onto the shared path and its `update` call. Here the server's loop is held inside that gap while the
     first reader releases, so the order is forced rather than hoped for."""
-    import asyncio
-
     uploads = app.UploadCounts()
     shared = tmp_path / "sha" / "slice.dcm"
     shared.parent.mkdir()

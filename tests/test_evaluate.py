@@ -163,7 +163,9 @@ def test_train_then_evaluate_writes_a_readable_report(trained_run, signal_datase
             "pointing_game": measured["value"], "pointing_game_ci": [measured["ci_low"], measured["ci_high"]],
             "energy_in_mask": written["localisation"][method]["energy_in_mask"]["value"], "n_slices": 6,
             "chance": written["localisation"]["pointing_chance"], "split": "test",
+            **({"stage": 4} if method == "gradcam" else {}),
         }
+    assert "Grad-CAM explains backbone stage 4." in (out / "report.md").read_text()
     model, processor = load_model(model_dir)
     dataset_dict, info = load_prepared(signal_dataset)
     validation = predict_probabilities(model, model_inputs(dataset_dict, info, processor)["validation"])
@@ -300,3 +302,15 @@ def test_localisation_for_the_config_from_hand_made_maps(monkeypatch):
         "pointing_game": pytest.approx(2 / 3), "pointing_game_ci": [0.0, 1.0],
         "energy_in_mask": pytest.approx((1 + 1 / 1.5 + 0.2) / 3), "n_slices": 3, "chance": 4 / 64, "split": "test",
     }}
+
+
+def test_evaluate_can_move_gradcam_to_stage_3_and_stores_it_with_its_numbers(trained_run, signal_dataset, tmp_path):
+    from training.evaluate import main
+
+    model_dir = tmp_path / "best"
+    shutil.copytree(trained_run / "best", model_dir)
+    main(["--model", str(model_dir), "--data", str(signal_dataset), "--output-dir", str(tmp_path / "eval"),
+          "--bootstrap-resamples", "50", "--gradcam-stage", "3"])
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["gradcam_stage"] == 3 and config["localisation"]["gradcam"]["stage"] == 3
+    assert "Grad-CAM explains backbone stage 3." in (tmp_path / "eval" / "report.md").read_text()

@@ -13,6 +13,7 @@ from modeling import DualAttentionResNetConfig, DualAttentionResNetForImageClass
 from modeling.explain import (
     LogitsOnly,
     explain,
+    gradcam_title,
     overlay,
     scale_to_unit,
     target_layer,
@@ -84,17 +85,20 @@ def test_leaves_the_callers_grad_mode_as_it_was():
 
 
 @pytest.mark.parametrize(
-    "backbone, attention, size, pixels",
+    "backbone, attention, size, pixels, stage",
     [
-        ("resnet10t", "dual", 96, structured_pixels),
-        ("resnet10t", "dual", 96, random_pixels),
-        ("resnet10t", "none", 96, structured_pixels),
-        ("resnet18", "spatial", 64, random_pixels),
+        ("resnet10t", "dual", 96, structured_pixels, 4),
+        ("resnet10t", "dual", 96, random_pixels, 4),
+        ("resnet10t", "none", 96, structured_pixels, 4),
+        ("resnet18", "spatial", 64, random_pixels, 4),
+        ("resnet10t", "dual", 96, structured_pixels, 3),
+        ("resnet18", "dual", 64, random_pixels, 3),
     ],
 )
-def test_gradcam_matches_pytorch_grad_cam_on_the_same_layer(backbone, attention, size, pixels):
+def test_gradcam_matches_pytorch_grad_cam_on_the_same_layer(backbone, attention, size, pixels, stage):
     torch.manual_seed(1)
-    model = DualAttentionResNetForImageClassification(DualAttentionResNetConfig(backbone=backbone, attention=attention))
+    config = DualAttentionResNetConfig(backbone=backbone, attention=attention, gradcam_stage=stage)
+    model = DualAttentionResNetForImageClassification(config)
     # random signs can make every weighted activation negative, i.e. an all-zero map
     model.eval().classifier.weight.data.abs_()
     pixel_values = pixels(size=size)
@@ -102,7 +106,7 @@ def test_gradcam_matches_pytorch_grad_cam_on_the_same_layer(backbone, attention,
     ours = explain(model, pixel_values)["gradcam"].numpy()
     reference = library_gradcam(model, pixel_values)
 
-    assert target_layer_name(model.dual_attention_resnet.backbone) == "layer4"
+    assert target_layer(model) is model.dual_attention_resnet.backbone.get_submodule(f"layer{stage}")
     for image in range(len(pixel_values)):
         assert reference[image].max() > 0
         assert np.corrcoef(ours[image].ravel(), reference[image].ravel())[0, 1] >= 0.99
@@ -238,3 +242,27 @@ def test_explain_works_on_a_model_set_up_for_gradient_checkpointing(method):
     for key in ("probability", "attention", "gradcam"):
         torch.testing.assert_close(explained[key], expected[key])
     assert model.dual_attention_resnet.backbone.grad_checkpointing
+
+
+def test_stage_3_gradcam_is_twice_as_fine_and_follows_the_config():
+    """Set on a trained model (no weight changes): the map comes from a grid twice as fine."""
+    from modeling.explain import _gradcam
+
+    model = tiny_model()
+    pixel_values = structured_pixels(size=128)
+    assert _gradcam(model, pixel_values)[2].shape == (2, 4, 4)  # resnet10t at 128 px: stage 4 is 4 x 4
+    assert gradcam_title(model.config) == "Grad-CAM (last backbone stage)"
+    model.config.gradcam_stage = 3
+    assert _gradcam(model, pixel_values)[2].shape == (2, 8, 8)
+    assert explain(model, pixel_values)["gradcam"].shape == (2, 128, 128)
+    assert gradcam_title(model.config) == "Grad-CAM (backbone stage 3)"
+
+
+def test_stage_3_gradcam_is_refused_for_token_models_and_bad_stages():
+    model = DualAttentionResNetForImageClassification(
+        DualAttentionResNetConfig(backbone="test_vit", attention="none", gradcam_stage=3)).eval()
+    with pytest.raises(ValueError, match="gradcam_stage=3 needs a CNN backbone"):
+        explain(model, structured_pixels(size=160))
+    for bad in (2, "3", True):
+        with pytest.raises(ValueError, match="`gradcam_stage` must be one of"):
+            DualAttentionResNetConfig(gradcam_stage=bad)

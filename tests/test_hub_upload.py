@@ -370,9 +370,15 @@ def test_card_shows_the_maps_measured_localisation_and_the_threshold_note(tiny_m
 
     out = stage_model_repo(model, tmp_path / "out", repo_id="me/pdac-ln", provenance=PHANTOM)
     text = (out / "README.md").read_text()
-    assert ("| Grad-CAM | on its evaluation (test split), its peak fell on the lesion in 93 % of 51 metastatic "
-            "slices (95 % CI 81 % to 100 %; a random point: 1.8 %), with 42 % of its energy inside the lesion |"
-            ) in text
+    assert ("| Grad-CAM (backbone stage 4, the last) | on its evaluation (test split), its peak fell on the lesion "
+            "in 93 % of 51 metastatic slices (95 % CI 81 % to 100 %; a random point: 1.8 %), with 42 % of its "
+            "energy inside the lesion |") in text
+
+    config["gradcam_stage"] = 3  # moved after that evaluation: those numbers are not this map's
+    (model / "config.json").write_text(json.dumps(config))
+    out = stage_model_repo(model, tmp_path / "stage3", repo_id="me/pdac-ln", provenance=PHANTOM)
+    assert "| Grad-CAM (backbone stage 3) | never evaluated against lesion masks" in (out / "README.md").read_text()
+    config["gradcam_stage"] = 4
     assert "| Spatial attention | never evaluated against lesion masks" in text
     assert ("`config.decision_threshold` = 0.9996 (chosen on a validation split that separates the classes "
             "perfectly)") in text

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from modeling import CLASS_NAMES, CTImageProcessor, DualAttentionResNetForImageClassification
+from modeling.configuration_dual_attention_resnet import GRADCAM_STAGES
 from training.data import load_prepared, torch_splits
 from training.localisation import localisation_for_config, localisation_metrics
 from training.metrics import (
@@ -180,7 +181,8 @@ def _localisation_section(loc: Optional[dict]) -> list:
     if loc is None:
         return lines + ["Not measured: no positive slices with lesion masks in this split."]
     lines += [
-        f"{loc['n']} positive slices with lesion masks. Chance levels: energy in mask "
+        f"{loc['n']} positive slices with lesion masks; Grad-CAM explains backbone stage "
+        f"{loc.get('gradcam_stage', 4)}. Chance levels: energy in mask "
         f"{loc['mask_area_fraction']:.3f} (a uniform map), pointing game {loc['pointing_chance']:.3f} "
         "(a random point).",
         "",
@@ -318,18 +320,22 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 32,
     write_threshold: bool = True,
+    gradcam_stage: Optional[int] = None,
 ) -> dict:
     """Evaluates `model_dir` on `split` of the prepared dataset `data`; writes the files into
     `output_dir` when given and returns the metrics.json content.
 
     With `write_threshold`, the model's config.json gets the operating point (`decision_threshold`,
-    `threshold_note`) and, when the split has lesion masks, the measured `localisation`."""
+    `threshold_note`) and, when the split has lesion masks, the measured `localisation`. `gradcam_stage`
+    (3 or 4) moves Grad-CAM to that backbone stage before measuring it, and is written with it."""
     model_dir, data = os.fspath(model_dir), os.fspath(data)
     dataset_dict, info = load_prepared(data)  # before the model: a wrong path fails fast
     for needed in (split, "validation"):
         if needed not in dataset_dict:
             raise ValueError(f"{data} has no {needed!r} split (has {sorted(dataset_dict)})")
     model, processor = load_model(model_dir)
+    if gradcam_stage is not None:
+        model.config.gradcam_stage = gradcam_stage
     splits = model_inputs(dataset_dict, info, processor)
 
     validation_probabilities = predict_probabilities(model, splits["validation"], batch_size, "validation")
@@ -344,12 +350,15 @@ def evaluate(
         "previous_threshold": float(model.config.decision_threshold), "written_to_config": write_threshold,
     }
     metrics["localisation"] = localisation(model, splits[split], raw, resamples, seed)
+    if metrics["localisation"] is not None:
+        metrics["localisation"]["gradcam_stage"] = model.config.gradcam_stage
     metrics["bootstrap"] = {"resamples": resamples, "seed": seed, "unit": "patient"}
     if write_threshold:
         model.config.decision_threshold = chosen["threshold"]
         model.config.threshold_note = chosen["note"]
         if metrics["localisation"] is not None:
-            model.config.localisation = localisation_for_config(metrics["localisation"], split)
+            model.config.localisation = localisation_for_config(metrics["localisation"], split,
+                                                                model.config.gradcam_stage)
         write_config_atomically(model.config, model_dir)
     if output_dir is not None:
         write_outputs(os.fspath(output_dir), metrics, raw, probabilities, model_dir, data)
@@ -368,11 +377,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--no-write-threshold", dest="write_threshold", action="store_false",
                         help="leave the model's config.json unchanged (threshold and localisation)")
+    parser.add_argument("--gradcam-stage", type=int, choices=GRADCAM_STAGES,
+                        help="explain this backbone stage with Grad-CAM (default: the model's gradcam_stage)")
     args = parser.parse_args(argv)
     try:
         metrics = evaluate(
             args.model, args.data, args.split, args.output_dir, args.target_sensitivity,
-            args.bootstrap_resamples, args.seed, args.batch_size, args.write_threshold,
+            args.bootstrap_resamples, args.seed, args.batch_size, args.write_threshold, args.gradcam_stage,
         )
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -124,11 +124,13 @@ def localisation_metrics(
     return result
 
 
-def localisation_for_config(result: dict, split: str) -> dict:
+def localisation_for_config(result: dict, split: str, gradcam_stage: int = 4) -> dict:
     """`localisation_metrics`' result -> the compact form stored in the model's config.json
     (`config.localisation`): per evaluated map, `{"pointing_game", "pointing_game_ci": [lo, hi],
     "energy_in_mask", "n_slices", "chance", "split"}`, where `chance` is the pointing game of a random
-    point. Maps that were not evaluated (no spatial branch) are absent."""
+    point, and for Grad-CAM the backbone `stage` it explained (`config.gradcam_stage`), so that a map
+    later moved to another stage is not captioned with these numbers. Maps that were not evaluated (no
+    spatial branch) are absent."""
     summary = {}
     for name in MAP_NAMES:
         measured = result.get(name)
@@ -143,4 +145,6 @@ def localisation_for_config(result: dict, split: str) -> dict:
             "chance": result["pointing_chance"],
             "split": split,
         }
+        if name == "gradcam":
+            summary[name]["stage"] = gradcam_stage
     return summary

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from modeling import ATTENTION_MODES, DualAttentionResNetConfig, DualAttentionResNetForImageClassification
 from modeling.attention import SPATIAL_GATES, SPATIAL_PADDINGS
+from modeling.configuration_dual_attention_resnet import GRADCAM_STAGES
 from training.data import BatchAugmentation, load_prepared, processor_from_info, torch_splits
 
 # The paper's protocol (training.paper.PAPER_TITLE); training/configs/paper.yaml spells the same values out.
@@ -52,6 +53,7 @@ DEFAULTS = {
     "spatial_gate": "conv",
     "spatial_padding": "zeros",
     "spatial_kernel_size": 7,
+    "gradcam_stage": 4,  # the stage Grad-CAM explains: 4 the last (the paper's), 3 a map four times finer
     "pretrained_backbone": True,
     "backbone_weights": None,
     "image_size": 224,
@@ -131,6 +133,7 @@ def build_model(config: dict) -> DualAttentionResNetForImageClassification:
             spatial_gate=config["spatial_gate"],
             spatial_padding=config["spatial_padding"],
             spatial_kernel_size=config["spatial_kernel_size"],
+            gradcam_stage=config["gradcam_stage"],
         )
     except ValueError as error:  # a bad setting (e.g. spatial_gate): one line, not a traceback
         raise ConfigError(str(error)) from error
@@ -469,6 +472,8 @@ def parse_args(argv=None) -> dict:
     parser.add_argument("--spatial-padding", choices=SPATIAL_PADDINGS,
                         help="padding of the spatial conv: zeros (the paper's), replicate or reflect")
     parser.add_argument("--spatial-kernel-size", type=int, help="odd kernel side of the spatial conv (default 7)")
+    parser.add_argument("--gradcam-stage", type=int, choices=GRADCAM_STAGES,
+                        help="stage Grad-CAM explains: 4 the last (the paper's, default) or 3 (a finer map)")
     parser.add_argument("--no-pretrained-backbone", dest="pretrained_backbone", action="store_false", default=None,
                         help="random backbone initialisation instead of ImageNet weights")
     parser.add_argument("--backbone-weights", help="local timm checkpoint with ImageNet weights (offline machines)")
