@@ -369,7 +369,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="saved model folder (RUN/best)")
     parser.add_argument("--data", required=True, help="prepared dataset folder")
-    parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    parser.add_argument("--split", default="test", help="a split of the dataset (default test)")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--target-sensitivity", type=float, default=0.95, help="for the operating point (default 0.95)")
     parser.add_argument("--bootstrap-resamples", type=int, default=1000)
