@@ -20,11 +20,12 @@ top_slice_index,top_z_mm,label,status,error`, where `probability` is the highest
 and `label` the decision at the model's `decision_threshold`. `--explain-dir` writes, per series, a plot
 of probability against z (series of two slices or more) and slice | attention | Grad-CAM panels of its
 most suspicious slices. Exit status: 0 when everything was scored, 1 when some file or series was
-refused (all rows are still written), 2 for usage errors.
+refused (all rows are still written), 2 for usage errors. Rows are written as each item is scored, so
+a run that is stopped keeps them (all but the last batch's items).
 
 Under `accelerate launch`, every process plans the same work, takes its share of the series with
 Accelerate's `split_between_processes`, and the main process gathers the rows (`gather_object`) and
-writes the same files as one process would.
+writes the same files as one process would, at the end.
 
 No patient names or IDs are written: the CSVs hold paths as given and a series key (a salted hash,
 never the UID); explanation images are named by the work item's number, the slice index and a hash.
@@ -39,7 +40,7 @@ import hashlib
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -387,15 +388,29 @@ def predict_items(
     explain_dir: Optional[str] = None,
     batch_size: int = 16,
     progress: bool = True,
+    on_result: Optional[Callable[[ItemResult], None]] = None,
 ) -> List[ItemResult]:
-    """Score work items; slices of consecutive items share forward passes of `batch_size` slices."""
+    """Score work items; slices of consecutive items share forward passes of `batch_size` slices.
+
+    `on_result` is called with each item's result, in item order, as soon as all of its slices are
+    scored (a CSV writer, so that an interrupted run keeps what it has scored).
+    """
     threshold = float(model.config.decision_threshold)
     positive_label = model.config.id2label[0]
     if explain_dir:
         os.makedirs(explain_dir, exist_ok=True)
     results: List[ItemResult] = []
-    open_volumes: List[Tuple[ItemResult, _Volume]] = []
+    unfinished: List[int] = []  # per result, its volumes not yet finished
+    open_volumes: List[Tuple[int, _Volume]] = []  # (result index, volume), in item order
     pending: List[Tuple[_Volume, int, torch.Tensor]] = []
+    reported = 0
+
+    def report_finished():
+        nonlocal reported
+        while reported < len(results) and unfinished[reported] == 0:
+            if on_result is not None:
+                on_result(results[reported])
+            reported += 1
 
     def run_batch():
         probabilities = forward_probabilities(model, torch.stack([pixels for _, _, pixels in pending]))
@@ -404,35 +419,63 @@ def predict_items(
             volume.remaining -= 1
         pending.clear()
         while open_volumes and open_volumes[0][1].remaining == 0:  # finish in order, as soon as scored
-            result, volume = open_volumes.pop(0)
+            number, volume = open_volumes.pop(0)
             series_row = _finish(volume, model, processor, threshold, positive_label, explain_dir)
             if series_row is not None:
-                result.series_rows.append(series_row)
+                results[number].series_rows.append(series_row)
+            unfinished[number] -= 1
+        report_finished()
 
     for item in tqdm(items, desc="predict", unit="item", disable=not progress):
         result, volumes = _open_item(item, processor)
         results.append(result)
+        unfinished.append(len(volumes))
         for message in result.messages:
             print(message, file=sys.stderr)
         for volume in volumes:
             volume.probabilities = np.zeros(len(volume.rows))
             volume.remaining = len(volume.rows)
-            open_volumes.append((result, volume))
+            open_volumes.append((len(results) - 1, volume))
             for start, pixel_values in _pixel_chunks(volume, processor, batch_size):
                 for offset, pixels in enumerate(pixel_values):
                     pending.append((volume, start + offset, pixels))
                     if len(pending) == batch_size:
                         run_batch()
+        report_finished()
     if pending:
         run_batch()
     return results
 
 
-def write_csv(path: str, columns: Sequence[str], rows: Sequence[dict]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+class ResultWriter:
+    """SLICES.csv (and SERIES.csv when a path is given), a header first and each item's rows as it is
+    written, flushed: a run that stops half-way (interrupted, out of memory) leaves what it scored."""
+
+    def __init__(self, slices_path: str, series_path: Optional[str] = None):
+        self.handles, self.writers = [], []
+        for path, columns in ((slices_path, CSV_COLUMNS), (series_path, SERIES_COLUMNS)):
+            if path is None:
+                self.writers.append(None)
+                continue
+            handle = open(path, "w", newline="")
+            self.handles.append(handle)
+            self.writers.append(csv.DictWriter(handle, fieldnames=columns))
+            self.writers[-1].writeheader()
+            handle.flush()
+
+    def write(self, result: ItemResult) -> None:
+        for writer, rows in zip(self.writers, (result.slice_rows, result.series_rows), strict=True):
+            if writer is not None:
+                writer.writerows(rows)
+        for handle in self.handles:
+            handle.flush()
+
+    def __enter__(self) -> "ResultWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self.handles:
+            handle.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -466,6 +509,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     missing = [path for path in args.paths if not os.path.exists(path)]
     if missing:
         parser.error(f"no such file or folder: {', '.join(missing)}")
+    for output in filter(None, (args.output, args.series_output)):
+        if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+            parser.error(f"the folder of {output} does not exist")
 
     from accelerate import PartialState
     from accelerate.utils import gather_object
@@ -483,17 +529,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model.to(state.device if state.num_processes > 1 else args.device).eval()
 
     with state.split_between_processes(items) as share:
-        results = predict_items(share, model, processor, args.explain_dir, args.batch_size, state.is_main_process)
+        if state.num_processes == 1:  # rows reach the CSVs as items finish
+            with ResultWriter(args.output, args.series_output) as writer:
+                results = predict_items(share, model, processor, args.explain_dir, args.batch_size, True, writer.write)
+        else:
+            results = predict_items(share, model, processor, args.explain_dir, args.batch_size, state.is_main_process)
     if state.num_processes > 1:
         results = gather_object(results)  # each process's list, concatenated in process order = item order
+        if state.is_main_process:
+            with ResultWriter(args.output, args.series_output) as writer:
+                for result in results:
+                    writer.write(result)
     slice_rows = [row for result in results for row in result.slice_rows]
     series_rows = [row for result in results for row in result.series_rows]
     n_ok = sum(row["status"] == "ok" for row in slice_rows)
     n_error = len(slice_rows) - n_ok
     if state.is_main_process:
-        write_csv(args.output, CSV_COLUMNS, slice_rows)
-        if args.series_output:
-            write_csv(args.series_output, SERIES_COLUMNS, series_rows)
         written = f"{args.output}" + (f" and {args.series_output}" if args.series_output else "")
         print(f"{n_ok} predicted, {n_error} refused, {len(series_rows)} series; wrote {written}", file=sys.stderr)
     state.wait_for_everyone()

@@ -181,6 +181,9 @@ def test_png_slices_are_refused_unless_images_are_asked_for(model_dir, tmp_path)
         (["--output", "out.csv"], "the following arguments are required: --model"),
         (["--model", "m", "--output", "out.csv", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["--model", "m", "--output", "out.csv", "no/such/folder"], "no such file or folder: no/such/folder"),
+        (["--model", "m", "--output", "no/such/out.csv"], "the folder of no/such/out.csv does not exist"),
+        (["--model", "m", "--output", "out.csv", "--series-output", "gone/s.csv"],
+         "the folder of gone/s.csv does not exist"),
     ],
 )
 def test_usage_errors_exit_with_status_2_and_say_why(mixed_folder, argv_tail, message, capsys):
@@ -367,3 +370,31 @@ def test_two_processes_write_the_same_csvs_as_one(pacs_export, tiny_model_dir, t
                 k: v for k, v in row_two.items() if k != "probability"
             }
     assert len(outputs[1][1]) == 3  # two series in the folder and the NIfTI volume
+
+
+def test_rows_reach_the_csvs_as_items_finish_so_an_interrupted_run_keeps_them(pacs_export, tiny_model_dir,
+                                                                             tmp_path, monkeypatch):
+    """A run stopped while reading its third item (a KeyboardInterrupt there) leaves the rows of the first
+    two, which were scored already, in both CSVs: the same rows an uninterrupted run writes first."""
+    import modeling.predict as predict_module
+
+    _, all_slices, all_series = run_series([pacs_export], tiny_model_dir, tmp_path, "--batch-size", "1")
+    items = predict_module.plan_work([str(pacs_export)])
+    real_open_item, opened = predict_module._open_item, []
+
+    def open_item(item, processor):
+        if len(opened) == 2:
+            raise KeyboardInterrupt
+        opened.append(item)
+        return real_open_item(item, processor)
+
+    monkeypatch.setattr(predict_module, "_open_item", open_item)
+    (tmp_path / "stopped").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        run_series([pacs_export], tiny_model_dir, tmp_path / "stopped", "--batch-size", "1")
+
+    slices, series = read_rows(tmp_path / "stopped" / "slices.csv"), read_rows(tmp_path / "stopped" / "series.csv")
+    n_series = sum(item.kind != "refused" for item in items[:2])
+    n_slices = sum(len(item.series.paths) if item.kind == "series" else 1 for item in items[:2])
+    assert 0 < len(slices) == n_slices < len(all_slices) and len(series) == n_series
+    assert slices == all_slices[:n_slices] and series == all_series[:n_series]
