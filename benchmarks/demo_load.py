@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from demo_latency import free_port, start_server
 from modeling import CTImageProcessor, DualAttentionResNetConfig, DualAttentionResNetForImageClassification
 from modeling.ct_dicom import read_ct_hu
+from serving import serve_demo
 from training.dicom_writer import write_ct_dicom
 
 EXAMPLE = ROOT / "space" / "examples" / "metastatic_phantom.dcm"
@@ -105,12 +105,9 @@ def main(argv=None):
         identical = shutil.copy(EXAMPLE, tmp / "identical_slice.dcm")  # not the example's own cached path
         distinct = distinct_slices(tmp / "distinct", args.clients * args.requests)
         upload_dir = tmp / "server-temp"
-        port = free_port()
-        server = start_server(tmp / "model", port, tmp / "server.log", env={"GRADIO_TEMP_DIR": str(upload_dir)})
-        url = f"http://127.0.0.1:{port}/"
-        try:
-            process = psutil.Process(server.pid)
-            run_round(url, [[identical] * WARMUP_REQUESTS])  # loads lazy modules, allocator pools
+        with serve_demo(tmp / "model", tmp / "server.log", upload_dir=upload_dir) as server:
+            process = psutil.Process(server.process.pid)
+            run_round(server.url, [[identical] * WARMUP_REQUESTS])  # loads lazy modules, allocator pools
             rss = {"after warm-up": process.memory_info().rss}
             rounds = {
                 "identical": [[identical] * args.requests for _ in range(args.clients)],
@@ -119,14 +116,11 @@ def main(argv=None):
             results = {}
             for name, files_per_client in rounds.items():
                 started = time.perf_counter()
-                results[name] = run_round(url, files_per_client)
+                results[name] = run_round(server.url, files_per_client)
                 results[name]["seconds"] = time.perf_counter() - started
                 results[name]["uploads left"] = uploads_left(upload_dir)
                 rss[f"after {name}"] = process.memory_info().rss
-            alive = server.poll() is None
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+            alive = server.process.poll() is None
 
     print(f"model: {args.backbone} dual attention, random weights, {args.image_size} px input; slices 512 x 512")
     print(f"{args.clients} clients x {args.requests} requests per round, all clients at once")
