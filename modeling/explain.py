@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .configuration_dual_attention_resnet import GRADCAM_STAGES
 from .image_processing_ct import resize_slice
 
 # `method=` names for pytorch-grad-cam's classes; "gradcam" is the one-pass implementation here.
@@ -48,6 +49,8 @@ def target_layer_name(backbone: nn.Module, stage: int = 4) -> str:
     pooled after a per-token norm, so at the stage's output only the class token has a gradient;
     `norm1` is where the patch tokens still mix into it (pytorch-grad-cam's recipe for ViTs).
     """
+    if stage not in GRADCAM_STAGES:
+        raise ValueError(f"`gradcam_stage` must be one of {GRADCAM_STAGES}, got {stage!r}.")
     if is_token_model(backbone):
         if stage != 4:
             raise ValueError(f"gradcam_stage={stage} needs a CNN backbone; a token model has one resolution (use 4)")

@@ -266,3 +266,7 @@ def test_stage_3_gradcam_is_refused_for_token_models_and_bad_stages():
     for bad in (2, "3", True):
         with pytest.raises(ValueError, match="`gradcam_stage` must be one of"):
             DualAttentionResNetConfig(gradcam_stage=bad)
+    cnn = tiny_model()
+    cnn.config.gradcam_stage = 2  # set on a loaded model, past the config's own check
+    with pytest.raises(ValueError, match="`gradcam_stage` must be one of"):
+        explain(cnn, structured_pixels())
