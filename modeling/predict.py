@@ -418,6 +418,9 @@ def predict_items(
             volume.probabilities[index] = probability
             volume.remaining -= 1
         pending.clear()
+        finish_scored()
+
+    def finish_scored():
         while open_volumes and open_volumes[0][1].remaining == 0:  # finish in order, as soon as scored
             number, volume = open_volumes.pop(0)
             series_row = _finish(volume, model, processor, threshold, positive_label, explain_dir)
@@ -444,6 +447,7 @@ def predict_items(
         report_finished()
     if pending:
         run_batch()
+    finish_scored()
     return results
 
 
