@@ -292,12 +292,13 @@ def explanation_name(item_index: int, slice_index: int, path: str) -> str:
     return f"{item_index:05d}_{slice_index:04d}_{hashlib.sha1(path.encode('utf-8')).hexdigest()[:10]}.png"
 
 
-def explanation_panel(unit: np.ndarray, attention, gradcam, probability: float, min_width: int = 256,
-                      gradcam_label: str = "Grad-CAM (last backbone stage)") -> np.ndarray:
+def explanation_panel(unit: np.ndarray, attention, gradcam, probability: float, gradcam_label: str,
+                      min_width: int = 256) -> np.ndarray:
     """Slice | attention overlay | Grad-CAM overlay side by side under a caption: `uint8` RGB image.
 
     Panels are shown at the slice's resolution, enlarged to `min_width` so captions fit small slices;
-    the attention panel is left out when the model has no spatial branch.
+    the attention panel is left out when the model has no spatial branch; `gradcam_label` names the
+    Grad-CAM panel (`explain.gradcam_title`).
     """
     if unit.shape[1] < min_width:
         scale = min_width / unit.shape[1]
@@ -371,7 +372,7 @@ def _finish(volume: _Volume, model, processor, threshold: float, positive_label:
             row["explanation"] = explanation_name(volume.item.index, k, row["path"])
             attention = maps["attention"][position] if maps["attention"] is not None else None
             panel = explanation_panel(units[position], attention, maps["gradcam"][position], probabilities[k],
-                                      gradcam_label=gradcam_title(model.config))
+                                      gradcam_title(model.config))
             Image.fromarray(panel).save(os.path.join(explain_dir, row["explanation"]))
         if volume.volume is not None and len(probabilities) > 1:
             name = f"{volume.item.index:05d}_{volume.volume.key}_probability.png"
