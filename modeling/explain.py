@@ -190,7 +190,7 @@ def explain(model: nn.Module, pixel_values: torch.Tensor, method: str = "gradcam
             `LIBRARY_CAM_METHODS` ("gradcam++", "eigencam", ...).
 
     Returns:
-        dict with `probability` `(batch_size,)` = sigmoid(logit); `attention` `(batch_size, H, W)` in
+        dict with `probability` `(batch_size,)` = sigmoid(logit) in float64; `attention` `(batch_size, H, W)` in
         [0, 1], None when the spatial branch is off; `gradcam` `(batch_size, H, W)` in [0, 1] (the map
         of `method`). Maps are min-max scaled per image; an all-zero map stays zero.
     """
@@ -212,7 +212,8 @@ def explain(model: nn.Module, pixel_values: torch.Tensor, method: str = "gradcam
     if spatial is not None:
         attention = scale_to_unit(resize_slice(spatial.detach()[:, 0], size))
     return {
-        "probability": torch.sigmoid(logits[:, 0].float()),
+        # float64: float32 reads logits above ~17 as 1.0, and the operating threshold is chosen in float64
+        "probability": torch.sigmoid(logits[:, 0].detach().double()),
         "attention": attention,
         "gradcam": scale_to_unit(resize_slice(cam, size)),
     }

@@ -231,14 +231,19 @@ class CTImageProcessor(BaseImageProcessor):
             raise ValueError("images differ in size; keep do_resize=True to batch them")
         pixel_values = torch.stack(slices)
         if do_normalize:
-            mean = torch.tensor(image_mean, dtype=torch.float32).view(1, 3, 1, 1)
-            std = torch.tensor(image_std, dtype=torch.float32).view(1, 3, 1, 1)
-            pixel_values = (pixel_values - mean) / std
+            pixel_values = self.normalize_pixel_values(pixel_values, image_mean, image_std)
         else:
             pixel_values = pixel_values.contiguous()
         if return_tensors is None:  # BaseImageProcessor's convention: one (3, size, size) array per image
             return BatchFeature({"pixel_values": list(pixel_values.numpy())})
         return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+    def normalize_pixel_values(self, pixel_values: torch.Tensor, image_mean=None, image_std=None) -> torch.Tensor:
+        """`(n, 3, S, S)` windowed values in [0, 1] (`do_normalize=False`'s output) -> the model's input,
+        `(x - image_mean) / image_std` per channel."""
+        mean = torch.tensor(self.image_mean if image_mean is None else image_mean, dtype=torch.float32)
+        std = torch.tensor(self.image_std if image_std is None else image_std, dtype=torch.float32)
+        return (pixel_values - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
     def to_dict(self):
         output = super().to_dict()

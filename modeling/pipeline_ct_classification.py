@@ -7,7 +7,9 @@ Python, without this repository:
     classify = pipeline(model=model_dir, trust_remote_code=True)
     classify("slice.dcm")  # [{"label": "metastatic", "score": P(metastatic)}]
 
-The score is the sigmoid of the model's logit, as for transformers' image-classification pipeline.
+The score is the sigmoid of the model's logit, as for transformers' image-classification pipeline,
+but taken in float64: float32 reads every logit above about 17 as 1.0, and the model's
+`decision_threshold` is chosen in float64 (`score >= model.config.decision_threshold` is the call).
 """
 
 import os
@@ -40,3 +42,7 @@ class CTMetastasisClassificationPipeline(ImageClassificationPipeline):
             image, window_center=window_center, window_width=window_width, frame=frame, return_tensors="pt"
         )
         return model_inputs.to(self.dtype)
+
+    def postprocess(self, model_outputs, function_to_apply=None, top_k=5):
+        model_outputs["logits"] = model_outputs["logits"].double()  # the sigmoid below is then float64
+        return super().postprocess(model_outputs, function_to_apply=function_to_apply, top_k=top_k)

@@ -25,7 +25,10 @@ a run that is stopped keeps them (all but the last batch's items).
 
 Under `accelerate launch`, every process plans the same work, takes its share of the series with
 Accelerate's `split_between_processes`, and the main process gathers the rows (`gather_object`) and
-writes the same files as one process would, at the end.
+writes the same files as one process would, at the end. A launcher turns any non-zero status of its
+processes into a traceback of its own (accelerate 1.16 also repeats their stderr), so there a run that
+completed exits 0 even when files were refused: the summary line and the CSVs' `status` column say
+which. Usage errors and crashes still exit non-zero.
 
 No patient names or IDs are written: the CSVs hold paths as given and a series key (a salted hash,
 never the UID); explanation images are named by the work item's number, the slice index and a hash.
@@ -44,10 +47,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm.auto import tqdm
 
-from .configuration_dual_attention_resnet import NON_METASTATIC_LABEL
 from .ct_dicom import read_ct_hu
 from .ct_volume import (
     CTVolume,
@@ -59,8 +61,16 @@ from .ct_volume import (
     read_ct_volumes,
     skip_warning,
 )
-from .explain import explain, gradcam_title, overlay
-from .image_processing_ct import IMAGE_SUFFIXES, resize_slice
+from .explain import explain, gradcam_title
+from .image_processing_ct import IMAGE_SUFFIXES
+from .inference import (
+    decision,
+    display_slice,
+    explanation_panel,
+    forward_probabilities,
+    probability_curve,
+    volume_slices,
+)
 
 CSV_COLUMNS = (
     "path", "status", "probability", "label", "error", "warning", "explanation", "series", "slice_index", "z_mm"
@@ -91,29 +101,6 @@ def hu_warning(hu: np.ndarray, rescaled: bool = True) -> str:
             "check RescaleSlope/RescaleIntercept"
         )
     return ""
-
-
-def forward_probabilities(model, pixel_values: torch.Tensor) -> np.ndarray:
-    """One batched forward pass: `(n, 3, S, S)` -> P(metastatic) `(n,)` float64."""
-    with torch.no_grad():
-        logits = model(pixel_values.to(device=model.device, dtype=model.dtype)).logits
-    return torch.sigmoid(logits[:, 0].float()).cpu().numpy().astype(np.float64)
-
-
-def _volume_chunk(volume: CTVolume, start: int, stop: int) -> CTVolume:
-    return dataclasses.replace(volume, hu=volume.hu[start:stop], positions_mm=volume.positions_mm[start:stop])
-
-
-def score_volume(model, processor, volume: CTVolume, batch_size: int = 16) -> np.ndarray:
-    """P(metastatic) of every slice of `volume`, `(slices,)`, in batches of `batch_size` slices.
-
-    The demo and this command score volumes with it, so both give the same numbers.
-    """
-    probabilities = [
-        forward_probabilities(model, processor(_volume_chunk(volume, start, start + batch_size))["pixel_values"])
-        for start in range(0, volume.hu.shape[0], batch_size)
-    ]
-    return np.concatenate(probabilities) if probabilities else np.zeros(0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -283,7 +270,7 @@ def _pixel_chunks(volume: _Volume, processor, chunk: int):
         yield 0, processor(volume.image_path, return_tensors="pt")["pixel_values"]
         return
     for start in range(0, volume.volume.hu.shape[0], chunk):
-        yield start, processor(_volume_chunk(volume.volume, start, start + chunk), return_tensors="pt")["pixel_values"]
+        yield start, processor(volume_slices(volume.volume, start, start + chunk), return_tensors="pt")["pixel_values"]
 
 
 def explanation_name(item_index: int, slice_index: int, path: str) -> str:
@@ -292,62 +279,11 @@ def explanation_name(item_index: int, slice_index: int, path: str) -> str:
     return f"{item_index:05d}_{slice_index:04d}_{hashlib.sha1(path.encode('utf-8')).hexdigest()[:10]}.png"
 
 
-def explanation_panel(unit: np.ndarray, attention, gradcam, probability: float, gradcam_label: str,
-                      min_width: int = 256) -> np.ndarray:
-    """Slice | attention overlay | Grad-CAM overlay side by side under a caption: `uint8` RGB image.
-
-    Panels are shown at the slice's resolution, enlarged to `min_width` so captions fit small slices;
-    the attention panel is left out when the model has no spatial branch; `gradcam_label` names the
-    Grad-CAM panel (`explain.gradcam_title`).
-    """
-    if unit.shape[1] < min_width:
-        scale = min_width / unit.shape[1]
-        unit = resize_slice(unit, (round(unit.shape[0] * scale), min_width))
-    grey = np.round(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
-    panels = [("CT slice", np.repeat(grey[..., None], 3, axis=2))]
-    if attention is not None:
-        panels.append(("spatial attention", overlay(unit, attention)))
-    panels.append((gradcam_label, overlay(unit, gradcam)))
-    height, width = grey.shape
-    gap, line = 8, 16
-    canvas = Image.new("RGB", (len(panels) * width + (len(panels) - 1) * gap, height + 2 * line + 4), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((4, 2), f"P(metastatic) = {probability:.3f}", fill="black")
-    for index, (title, array) in enumerate(panels):
-        left = index * (width + gap)
-        draw.text((left + 4, line + 2), title, fill="black")
-        canvas.paste(Image.fromarray(array), (left, 2 * line + 4))
-    return np.asarray(canvas)
-
-
-def probability_plot(path: str, z_mm: np.ndarray, probabilities: np.ndarray, threshold: float, key: str) -> None:
-    """P(metastatic) against slice position, with the decision threshold, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 3.2), dpi=100)
-    axes.plot(z_mm, probabilities, marker=".", color="tab:blue", label="slice")
-    axes.axhline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.3f}")
-    top = int(np.argmax(probabilities))
-    axes.plot(z_mm[top], probabilities[top], "o", color="tab:red", label=f"max {probabilities[top]:.3f}")
-    axes.set(xlabel="z (mm, inferior -> superior)", ylabel="P(metastatic)", ylim=(-0.02, 1.02), title=f"series {key}")
-    axes.legend(loc="best", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-
-
-def _finish(volume: _Volume, model, processor, threshold: float, positive_label: str, explain_dir: Optional[str]):
-    """Fill a scored volume's rows, its series row, and its explanations."""
+def _finish(volume: _Volume, model, processor, threshold: float, explain_dir: Optional[str]):
+    """Fill a scored volume's rows and its series row, write its explanations; returns the series row."""
     probabilities = volume.probabilities
-
-    def label(probability: float) -> str:
-        return positive_label if probability >= threshold else NON_METASTATIC_LABEL
-
     for row, probability in zip(volume.rows, probabilities, strict=True):
-        row.update(probability=f"{probability:.6f}", label=label(probability))
+        row.update(probability=f"{probability:.6f}", label=decision(probability, threshold))
     top = int(np.argmax(probabilities))
     series_row = None
     if volume.volume is not None:
@@ -355,31 +291,39 @@ def _finish(volume: _Volume, model, processor, threshold: float, positive_label:
         series_row = _series_row(
             source=volume.item.source, series=volume.volume.key, n_slices=len(probabilities),
             probability=f"{probabilities[top]:.6f}", top_slice_index=top, top_z_mm=f"{z_mm[top]:.2f}",
-            label=label(probabilities[top]), status="ok",
+            label=decision(probabilities[top], threshold), status="ok",
         )
     if explain_dir:
-        top_slices = [int(k) for k in np.argsort(-probabilities, kind="stable")[:TOP_SLICES_EXPLAINED]]
-        if volume.volume is None:
-            units = [processor.to_unit_range(volume.image_path)]
-            pixel_values = processor(volume.image_path, return_tensors="pt")["pixel_values"]
-        else:
-            units = [processor.to_unit_range(volume.volume.hu[k]) for k in top_slices]
-            subset = dataclasses.replace(volume.volume, hu=volume.volume.hu[top_slices])
-            pixel_values = processor(subset, return_tensors="pt")["pixel_values"]
-        maps = explain(model, pixel_values)
-        for position, k in enumerate(top_slices):
-            row = volume.rows[k]
-            row["explanation"] = explanation_name(volume.item.index, k, row["path"])
-            attention = maps["attention"][position] if maps["attention"] is not None else None
-            panel = explanation_panel(units[position], attention, maps["gradcam"][position], probabilities[k],
-                                      gradcam_title(model.config))
-            Image.fromarray(panel).save(os.path.join(explain_dir, row["explanation"]))
-        if volume.volume is not None and len(probabilities) > 1:
-            name = f"{volume.item.index:05d}_{volume.volume.key}_probability.png"
-            probability_plot(os.path.join(explain_dir, name), volume.volume.positions_mm, probabilities, threshold,
-                             volume.volume.key)
+        _write_explanations(volume, model, processor, threshold, explain_dir)
     volume.volume = None  # the HU are no longer needed
     return series_row
+
+
+def _write_explanations(volume: _Volume, model, processor, threshold: float, explain_dir: str) -> None:
+    """Panels of the volume's most suspicious slices, each map on the slice it belongs to
+    (`inference.display_slice`), and its probability-vs-z plot."""
+    probabilities = volume.probabilities
+    top_slices = [int(k) for k in np.argsort(-probabilities, kind="stable")[:TOP_SLICES_EXPLAINED]]
+    if volume.volume is None:
+        shown = [display_slice(processor, volume.image_path)]
+        pixel_values = processor(volume.image_path, return_tensors="pt")["pixel_values"]
+    else:
+        spacing = volume.volume.spacing_mm[1:]
+        shown = [display_slice(processor, volume.volume.hu[k], spacing) for k in top_slices]
+        subset = dataclasses.replace(volume.volume, hu=volume.volume.hu[top_slices])
+        pixel_values = processor(subset, return_tensors="pt")["pixel_values"]
+    maps = explain(model, pixel_values)
+    for position, k in enumerate(top_slices):
+        row = volume.rows[k]
+        row["explanation"] = explanation_name(volume.item.index, k, row["path"])
+        attention = maps["attention"][position] if maps["attention"] is not None else None
+        panel = explanation_panel(shown[position], attention, maps["gradcam"][position], probabilities[k],
+                                  gradcam_title(model.config))
+        Image.fromarray(panel).save(os.path.join(explain_dir, row["explanation"]))
+    if volume.volume is not None and len(probabilities) > 1:
+        name = f"{volume.item.index:05d}_{volume.volume.key}_probability.png"
+        figure = probability_curve(volume.volume.positions_mm, probabilities, threshold, f"series {volume.volume.key}")
+        figure.savefig(os.path.join(explain_dir, name), dpi=100)
 
 
 def predict_items(
@@ -397,7 +341,6 @@ def predict_items(
     scored (a CSV writer, so that an interrupted run keeps what it has scored).
     """
     threshold = float(model.config.decision_threshold)
-    positive_label = model.config.id2label[0]
     if explain_dir:
         os.makedirs(explain_dir, exist_ok=True)
     results: List[ItemResult] = []
@@ -424,7 +367,7 @@ def predict_items(
     def finish_scored():
         while open_volumes and open_volumes[0][1].remaining == 0:  # finish in order, as soon as scored
             number, volume = open_volumes.pop(0)
-            series_row = _finish(volume, model, processor, threshold, positive_label, explain_dir)
+            series_row = _finish(volume, model, processor, threshold, explain_dir)
             if series_row is not None:
                 results[number].series_rows.append(series_row)
             unfinished[number] -= 1
@@ -458,15 +401,19 @@ class ResultWriter:
 
     def __init__(self, slices_path: str, series_path: Optional[str] = None):
         self.handles, self.writers = [], []
-        for path, columns in ((slices_path, CSV_COLUMNS), (series_path, SERIES_COLUMNS)):
-            if path is None:
-                self.writers.append(None)
-                continue
-            handle = open(path, "w", newline="")
-            self.handles.append(handle)
-            self.writers.append(csv.DictWriter(handle, fieldnames=columns))
-            self.writers[-1].writeheader()
-            handle.flush()
+        try:
+            for path, columns in ((slices_path, CSV_COLUMNS), (series_path, SERIES_COLUMNS)):
+                if path is None:
+                    self.writers.append(None)
+                    continue
+                handle = open(path, "w", newline="")
+                self.handles.append(handle)
+                self.writers.append(csv.DictWriter(handle, fieldnames=columns))
+                self.writers[-1].writeheader()
+                handle.flush()
+        except BaseException:  # the second file cannot be opened: the first is not left open
+            self.close()
+            raise
 
     def write(self, result: ItemResult) -> None:
         for writer, rows in zip(self.writers, (result.slice_rows, result.series_rows), strict=True):
@@ -479,6 +426,9 @@ class ResultWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
         for handle in self.handles:
             handle.close()
 
@@ -553,7 +503,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         written = f"{args.output}" + (f" and {args.series_output}" if args.series_output else "")
         print(f"{n_ok} predicted, {n_error} refused, {len(series_rows)} series; wrote {written}", file=sys.stderr)
     state.wait_for_everyone()
-    return 1 if n_error or any(row["status"] == "error" for row in series_rows) else 0
+    refused = n_error or any(row["status"] == "error" for row in series_rows)
+    return 1 if refused and not under_launcher() else 0
+
+
+def under_launcher() -> bool:
+    """Whether this process was started by `accelerate launch` (which sets its ACCELERATE_* settings
+    for every launcher) or by torchrun, either of which reports a non-zero status as a traceback."""
+    return "ACCELERATE_MIXED_PRECISION" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
 
 
 if __name__ == "__main__":

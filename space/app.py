@@ -45,23 +45,30 @@ import gradio as gr
 import numpy as np
 from gradio.components.label import LabelData
 from gradio.data_classes import ImageData
-from matplotlib.figure import Figure
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from modeling import METASTATIC_LABEL as METASTATIC
 from modeling import NON_METASTATIC_LABEL as NON_METASTATIC
 from modeling.ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom, technical_metadata
-from modeling.ct_volume import NIFTI_SUFFIXES, CTVolume, read_ct_volumes
+from modeling.ct_volume import NIFTI_SUFFIXES, read_ct_volumes
 from modeling.explain import explain, gradcam_title, overlay
-from modeling.predict import score_volume
+from modeling.inference import (
+    display_slice,
+    format_threshold,
+    grid_pixel_values,
+    is_metastatic,
+    model_grid,
+    probability_curve,
+    score_volume,
+)
 
 QUICKSTART_MODEL = HERE.parent / "quickstart_output" / "run" / "best"
 EXAMPLES_DIR = HERE / "examples"
 MAX_FILE_SIZE = "300mb"  # Gradio's limit on any one upload (a series' zip or NIfTI)
 MAX_SLICE_MB = 20  # one file on `/predict`
 MAX_SERIES_MB = 300  # all files of one `/predict_series` upload together
-MAX_SLICES = 300  # slices of one series (each is kept as model input while its page is open)
+MAX_SLICES = 300  # slices of one series (its page keeps each on the model grid: `SeriesCache`)
 SERIES_BATCH_SIZE = 16
 SERIES_STATE_SECONDS = 1800  # a series' cached slices are dropped this long after its last use
 CONCURRENCY_LIMIT = 2  # requests computed at once; the rest wait in the queue
@@ -76,15 +83,6 @@ NO_MODEL_HELP = """**No model is configured.** Point the demo at a trained model
 - `python space/app.py --model RUN/best` (a folder written by `training.train`);
 - `MODEL_ID=<Hub id or folder> python space/app.py` (with `MODEL_REVISION=<commit>` to pin a Hub model);
 - `make demo` (trains on the phantom, then serves `quickstart_output/run/best`)."""
-
-
-def format_threshold(value: float) -> str:
-    """4 significant digits, more where 4 would round a threshold below 1 up to "1" (0.99996 -> "0.99996")."""
-    for digits in range(4, 12):
-        text = f"{value:.{digits}g}"
-        if float(text) != 1.0 or value == 1.0:
-            return text
-    return repr(value)
 
 
 def _percent(fraction: float) -> str:
@@ -124,7 +122,7 @@ def localisation_caption(localisation, map_name: str, gradcam_stage: int = 4) ->
 def decision_label(probability: float, threshold: float) -> dict:
     """`{label, confidences}` as `gr.Label` JSON: the decision at `threshold` and both classes' probabilities."""
     return {
-        "label": METASTATIC if probability >= threshold else NON_METASTATIC,
+        "label": METASTATIC if is_metastatic(probability, threshold) else NON_METASTATIC,
         "confidences": [
             {"label": METASTATIC, "confidence": probability},
             {"label": NON_METASTATIC, "confidence": 1.0 - probability},
@@ -132,33 +130,18 @@ def decision_label(probability: float, threshold: float) -> dict:
     }
 
 
-def probability_curve(positions_mm: np.ndarray, probabilities: np.ndarray, threshold: float, top: int) -> Figure:
-    """P(metastatic) against slice position `(slices,)`, the threshold and the most suspicious slice marked."""
-    figure = Figure(figsize=(7, 2.8), layout="constrained")
-    axes = figure.add_subplot()
-    axes.plot(positions_mm, probabilities, marker=".", color="tab:blue", label="P(metastatic) of each slice")
-    axes.axhline(threshold, color="tab:red", linestyle="--", label=f"decision threshold {format_threshold(threshold)}")
-    axes.plot(positions_mm[top], probabilities[top], "o", color="tab:red", markersize=9, label="most suspicious slice")
-    axes.set_xlabel("slice position z (mm, inferior to superior)")
-    axes.set_ylabel("P(metastatic)")
-    axes.set_ylim(-0.02, 1.02)
-    axes.legend(loc="best", fontsize="small")
-    return figure
-
-
 @dataclass
 class SeriesCache:
     """One scored series, kept in the page's session so that browsing its slices recomputes nothing else.
 
-    `volume.hu` `(slices, rows, columns)` in HU; `probabilities` `(slices,)` from `score_volume`.
+    Only what the overlays need, not the HU volume: `grid` `(slices, S, S)` uint16, each slice on the
+    model's input grid (`inference.model_grid`, 2 bytes a pixel: 300 slices at 224 px are 30 MB);
+    `positions_mm` and `probabilities` `(slices,)`.
     """
 
-    volume: CTVolume
+    grid: np.ndarray
+    positions_mm: np.ndarray
     probabilities: np.ndarray
-
-    @property
-    def positions_mm(self) -> np.ndarray:
-        return np.asarray(self.volume.positions_mm)
 
     @property
     def top(self) -> int:
@@ -298,19 +281,9 @@ class Predictor:
 
     def _model_input(self, hu, pixel_spacing, window_center=None, window_width=None):
         """One slice in HU `(rows, columns)` with its `(row, column)` spacing in mm (or None) ->
-        (`pixel_values` `(1, 3, S, S)`, shown slice in [0, 1]).
-
-        The shown slice is the native one `(rows, columns)` in the display window, or the model's input
-        `(S, S)` when the processor resamples to a fixed pixel spacing (the native slice and the maps
-        would not align then).
-        """
+        (`pixel_values` `(1, 3, S, S)`, the slice its maps are shown on, in [0, 1]: `inference.display_slice`)."""
         pixel_values = self.processor(hu, pixel_spacing=pixel_spacing, return_tensors="pt")["pixel_values"]
-        if self.processor.pixel_spacing_mm is None:
-            return pixel_values, self.processor.to_unit_range(hu, window_center, window_width)
-        shown = self.processor(
-            hu, pixel_spacing=pixel_spacing, window_center=window_center, window_width=window_width, do_normalize=False
-        )["pixel_values"][0, 0]
-        return pixel_values, shown.numpy()
+        return pixel_values, display_slice(self.processor, hu, pixel_spacing, window_center, window_width)
 
     def predict(self, dicom_file, window_center=None, window_width=None):
         """A CT DICOM path -> (label, attention overlay or None, Grad-CAM overlay, metadata).
@@ -367,9 +340,10 @@ class Predictor:
         try:
             with self.model_lock:
                 probabilities = score_volume(self.model, self.processor, volume, SERIES_BATCH_SIZE)
+            grid = model_grid(self.processor, volume, SERIES_BATCH_SIZE)
         except ValueError as error:  # e.g. no pixel spacing where the processor resamples to one
             raise gr.Error(str(error), print_exception=False) from None
-        cache = SeriesCache(volume, probabilities)
+        cache = SeriesCache(grid, np.asarray(volume.positions_mm, dtype=np.float64), probabilities)
         top = cache.top
         if volume.skipped:
             names = ", ".join(name for name, _ in volume.skipped[:5]) + (" ..." if len(volume.skipped) > 5 else "")
@@ -385,7 +359,7 @@ class Predictor:
             "notes": [note for note in volume.warnings if not note.startswith("skipped ")],
         }
         probability = float(cache.probabilities[top])
-        curve = probability_curve(cache.positions_mm, cache.probabilities, self.threshold, top)
+        curve = probability_curve(cache.positions_mm, cache.probabilities, self.threshold)
         attention_image, gradcam_image, note = self.show_series_slice(top, cache)
         slider = gr.update(minimum=0, maximum=len(cache.probabilities) - 1, value=top)
         return (decision_label(probability, self.threshold), curve, attention_image, gradcam_image, metadata,
@@ -397,8 +371,8 @@ class Predictor:
         if cache is None:
             raise gr.Error("Predict a series first; its slices are kept only while this page is open.")
         index = int(np.clip(int(index), 0, len(cache.probabilities) - 1))
-        pixel_values, shown = self._model_input(cache.volume.hu[index], cache.volume.spacing_mm[1:])
-        _, attention_image, gradcam_image = self._explain(pixel_values, shown)
+        pixel_values, shown = grid_pixel_values(self.processor, cache.grid[index : index + 1])
+        _, attention_image, gradcam_image = self._explain(pixel_values, shown[0])
         note = (f"Slice {index + 1} of {len(cache.probabilities)} (z = {cache.positions_mm[index]:.1f} mm): "
                 f"P(metastatic) = {cache.probabilities[index]:.3f}"
                 + (" (the most suspicious slice)" if index == cache.top else ""))

@@ -17,13 +17,14 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from conftest import TINY_SIZE, tiny_model
 from pydicom.data import get_testdata_file
 
 from modeling import CTImageProcessor
 from modeling.ct_dicom import read_ct_hu
 from modeling.ct_volume import read_ct_volumes
 from modeling.explain import explain
-from modeling.predict import score_volume
+from modeling.inference import grid_pixel_values, score_volume
 from training.dicom_writer import ct_dataset, write_ct_dicom, write_ct_nifti, write_ct_series
 
 APP_PATH = Path(__file__).resolve().parents[1] / "space" / "app.py"
@@ -387,7 +388,7 @@ def test_series_slider_recomputes_only_the_slice_shown(predictor, tiny_model_dir
     finally:
         del predictor.model.forward
     assert calls == [1], "one forward of the one slice shown"
-    pixel_values = CTImageProcessor.from_pretrained(tiny_model_dir)(cache.volume.hu[2])["pixel_values"]
+    pixel_values, _ = grid_pixel_values(CTImageProcessor.from_pretrained(tiny_model_dir), cache.grid[2:3])
     maps = explain(predictor.model, pixel_values)
     assert float(maps["probability"][0]) == pytest.approx(cache.probabilities[2], abs=1e-5)
     assert gradcam.shape == (64, 64, 3) and "Slice 3 of 6" in note and f"{cache.positions_mm[2]:.1f} mm" in note
@@ -549,3 +550,15 @@ def test_a_release_racing_an_identical_upload_never_deletes_the_new_upload(app, 
         loop.call_soon_threadsafe(loop.stop)
         server.join(5)
         loop.close()
+
+
+def test_a_threshold_near_one_is_decided_in_float64(app, tmp_path):
+    """A logit of 19 is P = 1 - 5.6e-9: below the threshold 1 - 1e-9, though float32 reads it as 1.0."""
+    model = tiny_model()
+    model.classifier.weight.data.zero_()
+    model.classifier.bias.data.fill_(19.0)
+    model.config.decision_threshold = 1 - 1e-9
+    model.save_pretrained(tmp_path / "model")
+    CTImageProcessor(size=TINY_SIZE).save_pretrained(tmp_path / "model")
+    label, *_ = app.Predictor(tmp_path / "model").predict(write_ct_dicom(tmp_path / "slice.dcm", _abdomen_hu()))
+    assert label["label"] == "non_metastatic" and _probability(label) < 1 - 1e-9

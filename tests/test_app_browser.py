@@ -9,7 +9,7 @@ import torch
 
 from modeling import CTImageProcessor, DualAttentionResNetForImageClassification
 from modeling.ct_volume import read_ct_volumes
-from modeling.predict import score_volume
+from modeling.inference import score_volume
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
 

@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 
 from modeling import CTImageProcessor, DualAttentionResNetForImageClassification
 from modeling.ct_volume import read_ct_volumes
-from modeling.predict import score_volume
+from modeling.inference import score_volume
 from training.dicom_writer import ct_dataset, write_ct_nifti, write_ct_series
 
 IDENTIFYING = {"PatientName": "ROE^RICHARD", "PatientID": "MRN-90817263", "PatientBirthDate": "19540709"}

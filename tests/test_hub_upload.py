@@ -512,7 +512,7 @@ def test_staged_space_imports_its_own_modeling_and_serves_the_staged_model(stage
             "modeling/ct_dicom.py"} <= files
     assert not [name for name in files if "__pycache__" in name or name.endswith(PICKLE_SUFFIXES)]
     assert {f"examples/{p.name}" for p in (SPACE_DIR / "examples").glob("*.dcm")} <= files
-    assert "modeling/predict.py" in files  # the series tab scores with its score_volume
+    assert "modeling/inference.py" in files and "modeling/predict.py" not in files  # the demo never imports the CLI
     assert not {"make_examples.py", "app.pyi"} & files  # files app.py does not import
     card = SpaceCard.load(space / "README.md")
     assert card.data.sdk == "gradio" and "me/pdac-ln" in card.data.models and card.data.app_file == "app.py"

@@ -104,3 +104,19 @@ def test_pipeline_score_is_the_sigmoid_for_every_kind_of_input(pipeline_run, tin
 def test_pipeline_refuses_a_missing_file_in_one_line(pipeline_run):
     _, report = pipeline_run
     assert "missing.dcm" in report["results"]["refusal"] and "\n" not in report["results"]["refusal"]
+
+
+def test_pipeline_score_is_taken_in_float64_so_a_threshold_near_one_can_be_missed(tmp_path):
+    """float32 reads a logit of 19 as probability 1.0, above any threshold below 1; the pipeline's
+    score is 1 - 5.6e-9, below the threshold 1 - 1e-9 that evaluate may choose on a saturated split."""
+    from conftest import TINY_SIZE, tiny_model
+    from transformers import pipeline
+
+    model = tiny_model()
+    model.classifier.weight.data.zero_()
+    model.classifier.bias.data.fill_(19.0)
+    model.save_pretrained(tmp_path)
+    CTImageProcessor(size=TINY_SIZE).save_pretrained(tmp_path)
+    (result,) = pipeline(model=str(tmp_path), trust_remote_code=True)(np.zeros((32, 32), np.float32))
+    assert result["label"] == "metastatic" and result["score"] == pytest.approx(1 / (1 + np.exp(-19.0)), abs=1e-15)
+    assert result["score"] < 1 - 1e-9
