@@ -60,6 +60,8 @@ class CTVolume:
         technical: allow-listed acquisition metadata (`ct_dicom.TECHNICAL_TAGS`), nothing about the patient.
         slice_names: per slice, the file it came from, named inside the source (empty for NIfTI).
         skipped: `(name, reason)` of the files of this series (or source) that were set aside.
+        source_skipped: those of `skipped` that belong to no CT series of the source (not DICOM, not
+            CT, localizers): they are noted in each of the source's volumes but are none of them.
     """
 
     hu: np.ndarray
@@ -70,6 +72,7 @@ class CTVolume:
     technical: Dict = field(default_factory=dict)
     slice_names: List[str] = field(default_factory=list)
     skipped: List[Tuple[str, str]] = field(default_factory=list)
+    source_skipped: List[Tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -440,7 +443,7 @@ def read_nifti(path) -> CTVolume:
     hu, spacing_mm, z_mm, warnings = display_orientation(data, axes_lps, spacing, origins)
     if hu.min() >= 0:
         warnings.append("no negative values: the NIfTI may not hold Hounsfield units")
-    digest = hashlib.sha256(hu.tobytes() + np.asarray(spacing_mm).tobytes()).hexdigest()[:10]
+    digest = nifti_key_digest(hu, spacing_mm)
     technical = {
         "format": "NIfTI",
         "rows": hu.shape[1],
@@ -449,6 +452,14 @@ def read_nifti(path) -> CTVolume:
         "slice_spacing_mm": spacing_mm[0],
     }
     return CTVolume(hu, spacing_mm, z_mm, "n" + digest, warnings, technical, [""] * hu.shape[0])
+
+
+def nifti_key_digest(hu: np.ndarray, spacing_mm: Sequence[float]) -> str:
+    """A NIfTI volume has no UID: its key hashes its voxels and spacing, read in place (a volume of
+    several hundred MB is not copied to be hashed)."""
+    digest = hashlib.sha256(memoryview(np.ascontiguousarray(hu)).cast("B"))
+    digest.update(np.asarray(spacing_mm, dtype=np.float64).tobytes())
+    return digest.hexdigest()[:10]
 
 
 def _member_parts(name: str) -> Tuple[str, ...]:
@@ -521,6 +532,7 @@ def _read_files(paths: Sequence[str], names: Sequence[str]) -> List[CTVolume]:
     for volume in volumes:
         volume.warnings.extend(_skip_warnings(skipped))
         volume.skipped.extend(skipped)
+        volume.source_skipped.extend(skipped)
     return volumes
 
 

@@ -248,7 +248,8 @@ def _open_item(item: WorkItem, processor) -> Tuple[ItemResult, List[_Volume]]:
         result.slice_rows += rows
         opened.append(_Volume(item, volume, rows))
         for name, reason in volume.skipped:  # a zip's skipped files are noted in each of its volumes: one row each
-            refusals.setdefault(file_path(name), (reason, volume.key))
+            key = "" if (name, reason) in volume.source_skipped else volume.key  # a localizer is no series'
+            refusals.setdefault(file_path(name), (reason, key))
     result.slice_rows += [
         _slice_row(path=path, status="error", error=reason, series=key) for path, (reason, key) in refusals.items()
     ]

@@ -193,3 +193,18 @@ def test_a_file_with_a_damaged_tag_is_skipped_with_a_reason(tmp_path, hu):
     assert volume.hu.shape[0] == 5
     assert dict(volume.skipped) == {"slice_0003.dcm": "malformed DICOM header tags (NotImplementedError)"}
     assert "uneven slice gaps from 2.50 to 5.00 mm (missing slices?)" in volume.warnings
+
+
+def test_a_nifti_key_hashes_the_volume_in_place():
+    """The key of a NIfTI volume (no UID to hash) is its voxels' digest: taken without a copy of them."""
+    import tracemalloc
+
+    from modeling.ct_volume import nifti_key_digest
+
+    hu = np.random.default_rng(0).normal(size=(40, 256, 256)).astype(np.float32)  # 10 MB
+    tracemalloc.start()
+    key = nifti_key_digest(hu, (2.5, 0.8, 0.8))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < hu.nbytes / 100, f"{peak} bytes allocated to hash a {hu.nbytes}-byte volume"
+    assert key == nifti_key_digest(hu.copy(), (2.5, 0.8, 0.8)) != nifti_key_digest(hu, (2.5, 0.8, 0.7))

@@ -461,3 +461,32 @@ def test_a_threshold_near_one_is_decided_in_float64(tmp_path, logit, expected):
     write_ct_dicom(tmp_path / "slice.dcm", slice_hu(0))
     status, slices, series = run_series([tmp_path / "slice.dcm"], tmp_path / "model", tmp_path)
     assert status == 0 and [row["label"] for row in slices] == [expected] and series[0]["label"] == expected
+
+
+def test_refused_files_of_a_zipped_study_belong_to_no_series(pacs_export, tiny_model_dir, tmp_path):
+    """The localizer and the MR of a zipped export are refused with no series key: they are in none of
+    its two CT series (they used to carry the first series' key)."""
+    study = tmp_path / "study.zip"
+    with zipfile.ZipFile(study, "w") as archive:
+        for path in sorted(pacs_export.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(pacs_export).as_posix())
+    status, slices, series = run_series([study], tiny_model_dir, tmp_path)
+    refused = {Path(row["path"]).name: row["series"] for row in slices if row["status"] == "error"}
+    assert status == 1 and refused == {"scout": "", "mr": ""}
+    assert {row["series"] for row in slices if row["status"] == "ok"} == {row["series"] for row in series}
+
+
+def test_result_writer_closes_the_first_csv_when_the_second_cannot_be_opened(tmp_path, monkeypatch):
+    from modeling.predict import ResultWriter
+
+    opened, real_open = [], open
+
+    def recording_open(*args, **kwargs):
+        opened.append(real_open(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr("builtins.open", recording_open)
+    with pytest.raises(FileNotFoundError):
+        ResultWriter(str(tmp_path / "slices.csv"), str(tmp_path / "missing" / "series.csv"))
+    assert len(opened) == 1 and opened[0].closed
