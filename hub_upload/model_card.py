@@ -13,6 +13,7 @@ from typing import Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from modeling.explain import gradcam_contents
 from training.paper import PAPER_TITLE, paper_table_rows
 
 from .provenance import TrainingProvenance
@@ -121,8 +122,9 @@ def map_captions(config: dict) -> list:
         elif key == "gradcam":
             entry = measured.get(key)
             same_stage = entry is not None and entry.get("stage", 4) == stage
+            contents = gradcam_contents(stage, config.get("spatial_attention_stages", [4]), config.get("attention"))
             rows.append({"name": f"{name} (backbone stage {stage}{', the last' if stage == 4 else ''})",
-                         "text": map_caption(entry if same_stage else None)})
+                         "text": f"{map_caption(entry if same_stage else None)}. {contents}"})
         else:
             rows.append({"name": name, "text": map_caption(measured.get(key))})
     return rows

@@ -71,6 +71,26 @@ def gradcam_title(config) -> str:
     return "Grad-CAM (last backbone stage)" if stage == 4 else f"Grad-CAM (backbone stage {stage})"
 
 
+def gradcam_contents(gradcam_stage: int = 4, spatial_attention_stages=(4,), attention: str = "dual") -> str:
+    """One sentence on what the Grad-CAM map is computed on, for a model with these config values (the
+    demo's caption and the model card say it beside the map's measured localisation).
+
+    The activations are the output of `gradcam_stage`. A spatial gate on that stage (CBAM's form, on
+    stage 3) or an earlier one has already multiplied them by the attention map, so the map repeats
+    the attention map wherever that is near zero and its localisation is no independent evidence. The
+    paper's place, the dual module after stage 4, is downstream of what stage-4 Grad-CAM explains.
+    """
+    spatial = attention in ("dual", "spatial")
+    gates_before = [stage for stage in spatial_attention_stages if spatial and stage < 4 and stage <= gradcam_stage]
+    if gates_before:
+        where = "that stage" if gates_before[-1] == gradcam_stage else f"stage {gates_before[-1]}, before it"
+        return (f"This Grad-CAM explains backbone stage {gradcam_stage}, whose features the spatial attention map "
+                f"has already multiplied (the gate sits on {where}): where attention is near zero, so is this "
+                "map, so it is no independent evidence of where the model looked.")
+    return (f"This Grad-CAM explains backbone stage {gradcam_stage}'s output before the attention module: its "
+            "activations do not pass through the attention map.")
+
+
 def tokens_to_grid(tokens: torch.Tensor, backbone: nn.Module, input_size: Tuple[int, int]) -> torch.Tensor:
     """ViT tokens `(batch, prefix + h * w, dim)` -> patch grid `(batch, dim, h, w)`, prefix tokens dropped."""
     patch_h, patch_w = backbone.patch_embed.patch_size
@@ -253,6 +273,7 @@ __all__ = [
     "LIBRARY_CAM_METHODS",
     "LogitsOnly",
     "explain",
+    "gradcam_contents",
     "gradcam_title",
     "is_token_model",
     "overlay",

@@ -52,7 +52,7 @@ from modeling import METASTATIC_LABEL as METASTATIC
 from modeling import NON_METASTATIC_LABEL as NON_METASTATIC
 from modeling.ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom, technical_metadata
 from modeling.ct_volume import NIFTI_SUFFIXES, read_ct_volumes
-from modeling.explain import explain, gradcam_title, overlay
+from modeling.explain import explain, gradcam_contents, gradcam_title, overlay
 from modeling.inference import (
     display_slice,
     format_threshold,
@@ -264,7 +264,13 @@ class Predictor:
         )
 
     def caption(self, map_name: str) -> str:
-        return localisation_caption(self.localisation, map_name, getattr(self.model.config, "gradcam_stage", 4))
+        config = self.model.config
+        stage = getattr(config, "gradcam_stage", 4)
+        caption = localisation_caption(self.localisation, map_name, stage)
+        if map_name != "gradcam":
+            return caption
+        contents = gradcam_contents(stage, getattr(config, "spatial_attention_stages", [4]), config.attention)
+        return f"{caption} {contents}"
 
     def _read(self, path, window_center, window_width):
         """DICOM path -> (`pixel_values` `(1, 3, S, S)`, shown slice in [0, 1], metadata).

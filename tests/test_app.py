@@ -484,6 +484,7 @@ def test_page_shows_threshold_note_and_captions_from_the_config(app, tiny_model_
         LOCALISATION, "attention"
     )
     assert "never evaluated" in shown["gradcam-caption"] and "never evaluated" in shown["series-gradcam-caption"]
+    assert "before the attention module" in shown["gradcam-caption"]  # the paper's layout: stage 4, ungated
     labels = [block.label for block in blocks.blocks.values() if isinstance(block, app.DecisionLabel)]
     assert labels == ["Decision at threshold 0.9963", "Series decision at threshold 0.9963"]
     gradcam_labels = [block.label for block in blocks.blocks.values() if getattr(block, "elem_id", "") and
@@ -562,3 +563,11 @@ def test_a_threshold_near_one_is_decided_in_float64(app, tmp_path):
     CTImageProcessor(size=TINY_SIZE).save_pretrained(tmp_path / "model")
     label, *_ = app.Predictor(tmp_path / "model").predict(write_ct_dicom(tmp_path / "slice.dcm", _abdomen_hu()))
     assert label["label"] == "non_metastatic" and _probability(label) < 1 - 1e-9
+
+
+def test_a_gated_stage_3_gradcam_is_captioned_as_no_independent_evidence(app, tiny_model_dir, tmp_path):
+    """The quickstart's layout: the spatial gate multiplies stage 3, and Grad-CAM explains stage 3."""
+    tiny_model(spatial_attention_stages=[3], gradcam_stage=3).save_pretrained(tmp_path)
+    CTImageProcessor.from_pretrained(tiny_model_dir).save_pretrained(tmp_path)
+    caption = app.Predictor(tmp_path).caption("gradcam")
+    assert "already multiplied" in caption and "no independent evidence" in caption
