@@ -313,3 +313,40 @@ def test_slices_column_reads_ranges_and_lists_in_volume_order():
                           ("a,b", "expected indices"), ("-2", "expected indices")):
         with pytest.raises(ValueError, match=message):
             parse_slices(text, 20)
+
+
+def test_two_dicom_series_of_one_patient_without_patient_id_stay_in_one_split(phantom_volumes, tmp_path):
+    from modeling.ct_volume import read_ct_volumes
+    from training.dicom_writer import write_ct_series
+
+    rows = manifest_rows(phantom_volumes / "manifest.csv")
+    first = rows[0]["patient_id"]
+    (volume,) = read_ct_volumes(phantom_volumes / rows[0]["path"])
+    # more series of the first patient (new series UIDs, as a second phase would have), one row each
+    extra = []
+    for n in range(3):
+        folder = tmp_path / f"phase{n}"
+        write_ct_series(folder, volume.hu + 10 * n, volume.spacing_mm, patient_id=first)
+        path = shutil.make_archive(str(folder), "zip", folder) if n == 2 else str(folder)  # a zip too
+        extra.append({**rows[0], "path": path, "mask_path": str(phantom_volumes / rows[0]["mask_path"])})
+    nifti = {**rows[0], "path": str(phantom_volumes / "nifti" / f"{first}.nii.gz"), "mask_path": "", "slices": "1"}
+    rows = [{**row, "path": str(phantom_volumes / row["path"]),
+             "mask_path": str(phantom_volumes / row["mask_path"]), "slices": ""} for row in rows] + extra + [nifti]
+    for row in rows:
+        del row["patient_id"]  # grouping must come from the series' DICOM PatientID
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    dataset_dict = prepare_dataset(manifest, tmp_path / "ds", size=32, num_workers=1, id_salt="s")
+    series_of_first = {rows[0]["path"]} | {row["path"] for row in extra}
+    ids, splits = set(), set()
+    for name, split in dataset_dict.items():
+        for source, patient_id in zip(split["source"], split["patient_id"], strict=True):
+            if source.split("[")[0] in series_of_first:
+                ids.add(patient_id)
+                splits.add(name)
+    assert len(splits) == 1  # the patient's four series lie in one split
+    assert len(ids) == 1 and ids.pop().startswith("P-")  # one patient, its PatientID stored only as a hash
+    patients = patients_by_split(dataset_dict)
+    assert not any(first in p for p in set().union(*patients.values()))
+    # 12 patients, not one per row (16), and the NIfTI (no patient tag) its own patient
+    assert sum(len(p) for p in patients.values()) == 13
+
