@@ -350,3 +350,39 @@ def test_two_dicom_series_of_one_patient_without_patient_id_stay_in_one_split(ph
     # 12 patients, not one per row (16), and the NIfTI (no patient tag) its own patient
     assert sum(len(p) for p in patients.values()) == 13
 
+
+def _shifted_mask(source, target, shift_mm):
+    """The NIfTI mask `source` with its origin moved `shift_mm` along the patient's z (superior)."""
+    import nibabel as nib
+
+    image = nib.load(source)
+    affine = image.affine.copy()
+    affine[2, 3] += shift_mm  # RAS z is LPS z: superior either way
+    moved = nib.Nifti1Image(np.asarray(image.dataobj), affine)
+    moved.set_qform(affine, code=1)
+    moved.set_sform(affine, code=1)
+    nib.save(moved, target)
+    return str(target)
+
+
+def test_volume_mask_on_another_z_range_is_refused_and_the_rest_kept(phantom_volumes, tmp_path):
+    from training.phantom import SLICE_THICKNESS_MM
+
+    rows = [{**row, "path": str(phantom_volumes / row["path"]), "mask_path": str(phantom_volumes / row["mask_path"])}
+            for row in manifest_rows(phantom_volumes / "manifest.csv")]
+    mask = rows[0]["mask_path"]
+    near = {**rows[0], "patient_id": "NEAR",  # a fraction of a slice off: each mask slice still meets its own
+            "mask_path": _shifted_mask(mask, tmp_path / "near.nii.gz", 0.2 * SLICE_THICKNESS_MM)}
+    shifted = {**rows[0], "patient_id": "SHIFTED",
+               "mask_path": _shifted_mask(mask, tmp_path / "shifted.nii.gz", 3 * SLICE_THICKNESS_MM)}
+    manifest = write_manifest(tmp_path / "manifest.csv", rows + [near, shifted])
+    dataset_dict = prepare_dataset(manifest, tmp_path / "ds", size=32, num_workers=1)
+    listed = manifest_rows(tmp_path / "ds" / "bad_files.csv")
+    assert len(listed) == 1 and listed[0]["path"] == shifted["path"]
+    reason = listed[0]["reason"]
+    assert reason.startswith("the mask's slices lie at z 15 to") and "volume's at 0 to" in reason
+    assert "\n" not in reason
+    patients = set().union(*patients_by_split(dataset_dict).values())
+    assert "SHIFTED" not in patients and "NEAR" in patients and set(r["patient_id"] for r in rows) <= patients
+    kept = [s for split in dataset_dict.values() for s in split["source"] if s.startswith(rows[0]["path"] + "[")]
+    assert len(kept) == 2 * len(set(kept))  # the same volume with its own mask and the near one: the same slices

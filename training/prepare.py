@@ -6,9 +6,10 @@ INPUT is a folder with one sub-folder per class (`metastatic`/`non_metastatic`, 
 `cancer`/`normal`) or a CSV manifest `path,label[,patient_id][,mask_path][,slices]` (paths relative to
 the CSV; labels as class names or 0/1). A `path` is a slice, DICOM (any extension) or already-windowed
 PNG/JPEG/TIFF with an optional mask image of the same size, or a volume: a DICOM series folder, a zip
-of one, or a NIfTI file. A volume row needs a `mask_path` (a NIfTI mask on the volume's grid: the
-slices where it is non-empty are used, each with its own lesion mask) or `slices` (`12-18` or
-`12,14,15`: indices from inferior to superior, as `modeling.ct_volume` orders them), or both.
+of one, or a NIfTI file. A volume row needs a `mask_path` (a NIfTI mask on the volume's grid, its slices
+at the volume's z positions: the slices where it is non-empty are used, each with its own lesion mask)
+or `slices` (`12-18` or `12,14,15`: indices from inferior to superior, as `modeling.ct_volume` orders
+them), or both.
 
 Each slice is windowed and resized exactly as the model's `CTImageProcessor` does (with
 `--pixel-spacing-mm`, resampled to that spacing and cropped/padded to `--size`), so training sees what
@@ -60,6 +61,9 @@ LABEL_ALIASES = {"non_metastatic": 0, "normal": 0, "0": 0, "metastatic": 1, "can
 SPLITS = ("train", "validation", "test")
 N_FOLDS = 6  # one fold test, one validation, four train: 16.7 / 16.7 / 66.7 %
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+# How far (in slice spacings) a mask's slice may lie from the volume's along z: further than half a
+# slice, the CT slice nearest to a mask slice is another one, so its lesion would label the wrong slice.
+MASK_POSITION_TOLERANCE_SLICES = 0.5
 
 
 @dataclass
@@ -331,7 +335,7 @@ def _series_header(folder: str, key: str):
 
 
 def _volume_masks(record: Record, volume: CTVolume) -> np.ndarray:
-    """A volume row's NIfTI mask -> bool `(slices, rows, columns)`; refused unless of the volume's shape and spacing."""
+    """A volume row's NIfTI mask -> bool `(slices, rows, columns)`; refused unless on the volume's grid."""
     try:
         mask_volume = _only_volume(record.mask_path)
     except ValueError as error:
@@ -340,7 +344,18 @@ def _volume_masks(record: Record, volume: CTVolume) -> np.ndarray:
                                                                   rtol=1e-3):
         raise ValueError(f"the mask's grid {mask_volume.hu.shape} at {_mm(mask_volume.spacing_mm)} mm differs "
                          f"from the volume's {volume.hu.shape} at {_mm(volume.spacing_mm)} mm")
+    # Same shape and spacing say nothing of where the mask lies: an origin elsewhere along z would label
+    # other slices than the ones drawn on. Both positions are patient z (LPS), in display order.
+    apart = float(np.max(np.abs(mask_volume.positions_mm - volume.positions_mm)))
+    if apart > MASK_POSITION_TOLERANCE_SLICES * volume.spacing_mm[0]:
+        raise ValueError(f"the mask's slices lie at z {_z_range(mask_volume)} mm, the volume's at "
+                         f"{_z_range(volume)} mm (up to {apart:.3g} mm apart, more than "
+                         f"{MASK_POSITION_TOLERANCE_SLICES:g} slice)")
     return mask_volume.hu > 0.5
+
+
+def _z_range(volume: CTVolume) -> str:
+    return f"{volume.positions_mm[0]:.4g} to {volume.positions_mm[-1]:.4g}"
 
 
 def _mm(spacing) -> str:
