@@ -313,3 +313,76 @@ def test_slices_column_reads_ranges_and_lists_in_volume_order():
                           ("a,b", "expected indices"), ("-2", "expected indices")):
         with pytest.raises(ValueError, match=message):
             parse_slices(text, 20)
+
+
+def test_two_dicom_series_of_one_patient_without_patient_id_stay_in_one_split(phantom_volumes, tmp_path):
+    from modeling.ct_volume import read_ct_volumes
+    from training.dicom_writer import write_ct_series
+
+    rows = manifest_rows(phantom_volumes / "manifest.csv")
+    first = rows[0]["patient_id"]
+    (volume,) = read_ct_volumes(phantom_volumes / rows[0]["path"])
+    # more series of the first patient (new series UIDs, as a second phase would have), one row each
+    extra = []
+    for n in range(3):
+        folder = tmp_path / f"phase{n}"
+        write_ct_series(folder, volume.hu + 10 * n, volume.spacing_mm, patient_id=first)
+        path = shutil.make_archive(str(folder), "zip", folder) if n == 2 else str(folder)  # a zip too
+        extra.append({**rows[0], "path": path, "mask_path": str(phantom_volumes / rows[0]["mask_path"])})
+    nifti = {**rows[0], "path": str(phantom_volumes / "nifti" / f"{first}.nii.gz"), "mask_path": "", "slices": "1"}
+    rows = [{**row, "path": str(phantom_volumes / row["path"]),
+             "mask_path": str(phantom_volumes / row["mask_path"]), "slices": ""} for row in rows] + extra + [nifti]
+    for row in rows:
+        del row["patient_id"]  # grouping must come from the series' DICOM PatientID
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    dataset_dict = prepare_dataset(manifest, tmp_path / "ds", size=32, num_workers=1, id_salt="s")
+    series_of_first = {rows[0]["path"]} | {row["path"] for row in extra}
+    ids, splits = set(), set()
+    for name, split in dataset_dict.items():
+        for source, patient_id in zip(split["source"], split["patient_id"], strict=True):
+            if source.split("[")[0] in series_of_first:
+                ids.add(patient_id)
+                splits.add(name)
+    assert len(splits) == 1  # the patient's four series lie in one split
+    assert len(ids) == 1 and ids.pop().startswith("P-")  # one patient, its PatientID stored only as a hash
+    patients = patients_by_split(dataset_dict)
+    assert not any(first in p for p in set().union(*patients.values()))
+    # 12 patients, not one per row (16), and the NIfTI (no patient tag) its own patient
+    assert sum(len(p) for p in patients.values()) == 13
+
+
+def _shifted_mask(source, target, shift_mm):
+    """The NIfTI mask `source` with its origin moved `shift_mm` along the patient's z (superior)."""
+    import nibabel as nib
+
+    image = nib.load(source)
+    affine = image.affine.copy()
+    affine[2, 3] += shift_mm  # RAS z is LPS z: superior either way
+    moved = nib.Nifti1Image(np.asarray(image.dataobj), affine)
+    moved.set_qform(affine, code=1)
+    moved.set_sform(affine, code=1)
+    nib.save(moved, target)
+    return str(target)
+
+
+def test_volume_mask_on_another_z_range_is_refused_and_the_rest_kept(phantom_volumes, tmp_path):
+    from training.phantom import SLICE_THICKNESS_MM
+
+    rows = [{**row, "path": str(phantom_volumes / row["path"]), "mask_path": str(phantom_volumes / row["mask_path"])}
+            for row in manifest_rows(phantom_volumes / "manifest.csv")]
+    mask = rows[0]["mask_path"]
+    near = {**rows[0], "patient_id": "NEAR",  # a fraction of a slice off: each mask slice still meets its own
+            "mask_path": _shifted_mask(mask, tmp_path / "near.nii.gz", 0.2 * SLICE_THICKNESS_MM)}
+    shifted = {**rows[0], "patient_id": "SHIFTED",
+               "mask_path": _shifted_mask(mask, tmp_path / "shifted.nii.gz", 3 * SLICE_THICKNESS_MM)}
+    manifest = write_manifest(tmp_path / "manifest.csv", rows + [near, shifted])
+    dataset_dict = prepare_dataset(manifest, tmp_path / "ds", size=32, num_workers=1)
+    listed = manifest_rows(tmp_path / "ds" / "bad_files.csv")
+    assert len(listed) == 1 and listed[0]["path"] == shifted["path"]
+    reason = listed[0]["reason"]
+    assert reason.startswith("the mask's slices lie at z 15 to") and "volume's at 0 to" in reason
+    assert "\n" not in reason
+    patients = set().union(*patients_by_split(dataset_dict).values())
+    assert "SHIFTED" not in patients and "NEAR" in patients and set(r["patient_id"] for r in rows) <= patients
+    kept = [s for split in dataset_dict.values() for s in split["source"] if s.startswith(rows[0]["path"] + "[")]
+    assert len(kept) == 2 * len(set(kept))  # the same volume with its own mask and the near one: the same slices

@@ -6,15 +6,17 @@ INPUT is a folder with one sub-folder per class (`metastatic`/`non_metastatic`, 
 `cancer`/`normal`) or a CSV manifest `path,label[,patient_id][,mask_path][,slices]` (paths relative to
 the CSV; labels as class names or 0/1). A `path` is a slice, DICOM (any extension) or already-windowed
 PNG/JPEG/TIFF with an optional mask image of the same size, or a volume: a DICOM series folder, a zip
-of one, or a NIfTI file. A volume row needs a `mask_path` (a NIfTI mask on the volume's grid: the
-slices where it is non-empty are used, each with its own lesion mask) or `slices` (`12-18` or
-`12,14,15`: indices from inferior to superior, as `modeling.ct_volume` orders them), or both.
+of one, or a NIfTI file. A volume row needs a `mask_path` (a NIfTI mask on the volume's grid, its slices
+at the volume's z positions: the slices where it is non-empty are used, each with its own lesion mask)
+or `slices` (`12-18` or `12,14,15`: indices from inferior to superior, as `modeling.ct_volume` orders
+them), or both.
 
 Each slice is windowed and resized exactly as the model's `CTImageProcessor` does (with
 `--pixel-spacing-mm`, resampled to that spacing and cropped/padded to `--size`), so training sees what
 inference sees. Splits (66.7/16.7/16.7) are stratified by label and grouped by patient: `patient_id`
-from the manifest, else the DICOM PatientID, else the StudyInstanceUID (a volume row without one is
-its own patient). IDs read from DICOM are stored only as salted hashes, never as read.
+from the manifest, else the DICOM PatientID, else the StudyInstanceUID, for slices and DICOM series
+alike (a NIfTI volume row without one is its own patient: NIfTI holds no patient tag). IDs read from
+DICOM are stored only as salted hashes, never as read.
 
 Writes `DS/` (`save_to_disk`), `DS/prepare_info.json` (window, size, pixel spacing, seed, train
 mean/std, counts) and `DS/bad_files.csv` (path,reason): every file or row that could not be used is
@@ -45,7 +47,7 @@ from tqdm.auto import tqdm
 
 from modeling import CLASS_NAMES, CTImageProcessor
 from modeling.ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom
-from modeling.ct_volume import is_volume_file, read_ct_volumes
+from modeling.ct_volume import CTVolume, extracted_zip, find_files, is_volume_file, read_ct_volumes, series_key
 from modeling.image_processing_ct import (
     AIR_HU,
     IMAGE_SUFFIXES,
@@ -59,6 +61,9 @@ LABEL_ALIASES = {"non_metastatic": 0, "normal": 0, "0": 0, "metastatic": 1, "can
 SPLITS = ("train", "validation", "test")
 N_FOLDS = 6  # one fold test, one validation, four train: 16.7 / 16.7 / 66.7 %
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+# How far (in slice spacings) a mask's slice may lie from the volume's along z: further than half a
+# slice, the CT slice nearest to a mask slice is another one, so its lesion would label the wrong slice.
+MASK_POSITION_TOLERANCE_SLICES = 0.5
 
 
 @dataclass
@@ -240,8 +245,7 @@ def _read_slice(record: Record, index: int) -> Slice:
         group_key = group_key or f"file:{record.source}"  # no ID in a PNG: the file is its own group
     else:
         ds = read_dicom(record.path)
-        dicom_id = str(ds.get("PatientID", "") or "").strip() or str(ds.get("StudyInstanceUID", "") or "")
-        group_key = group_key or (f"dicom:{dicom_id}" if dicom_id else f"file:{record.source}")
+        group_key = group_key or dicom_group_key(ds, record.source)
         unit = window_in_place(read_ct_hu(ds), processor.window_center, processor.window_width)
         spacing = pixel_spacing_of(ds)
     image = model_input(unit, spacing, processor)
@@ -259,18 +263,8 @@ def _read_slice(record: Record, index: int) -> Slice:
 def _read_volume(record: Record, index: int) -> List[Slice]:
     """The slices of a volume row that its mask marks (or its `slices` column names), each with its mask."""
     processor = _READER["processor"]
-    volume = _only_volume(record.path)
-    masks = None
-    if record.mask_path:
-        try:
-            mask_volume = _only_volume(record.mask_path)
-        except ValueError as error:
-            raise ValueError(f"mask {os.path.basename(record.mask_path)}: {error}") from None
-        if mask_volume.hu.shape != volume.hu.shape or not np.allclose(mask_volume.spacing_mm, volume.spacing_mm,
-                                                                      rtol=1e-3):
-            raise ValueError(f"the mask's grid {mask_volume.hu.shape} at {_mm(mask_volume.spacing_mm)} mm differs "
-                             f"from the volume's {volume.hu.shape} at {_mm(volume.spacing_mm)} mm")
-        masks = mask_volume.hu > 0.5
+    volume, group_key = _volume_and_group_key(record)
+    masks = _volume_masks(record, volume) if record.mask_path else None
     if record.slices:
         indices = parse_slices(record.slices, len(volume.hu))
     else:
@@ -278,7 +272,6 @@ def _read_volume(record: Record, index: int) -> List[Slice]:
         if not indices:
             raise ValueError("the mask is empty: no slice to use")
     spacing = tuple(volume.spacing_mm[1:])
-    group_key = f"manifest:{record.patient_id}" if record.patient_id else f"file:{record.source}"
     stem = os.path.basename(record.source.rstrip("/\\")).split(".")[0]
     slices = []
     for k in indices:
@@ -291,6 +284,78 @@ def _read_volume(record: Record, index: int) -> List[Slice]:
         slices.append(Slice(slice_record, model_input(unit, spacing, processor), mask, masks is not None,
                             group_key, png_path))
     return slices
+
+
+def dicom_group_key(header, source: str) -> str:
+    """The grouping key of a DICOM slice or series: its PatientID, else its StudyInstanceUID, else `source`.
+
+    Raw, so that a patient's slice rows and volume rows meet; only `pseudonym` of it is ever shown or stored.
+    """
+    dicom_id = str(header.get("PatientID", "") or "").strip() or str(header.get("StudyInstanceUID", "") or "")
+    return f"dicom:{dicom_id}" if dicom_id else f"file:{source}"
+
+
+def _volume_and_group_key(record: Record) -> Tuple[CTVolume, str]:
+    """A volume row's one CT volume and its grouping key.
+
+    The manifest's patient_id, else the DICOM series' PatientID (as for slice rows), so that two series
+    of one patient stay in one split. A NIfTI file holds no patient tag: such a row is its own patient.
+    """
+    if record.path.lower().endswith(".zip"):
+        with extracted_zip(record.path) as folder:  # extracted once, for the pixels and for the header
+            return _volume_and_group_key_in(folder, record)
+    return _volume_and_group_key_in(record.path, record)
+
+
+def _volume_and_group_key_in(path: str, record: Record) -> Tuple[CTVolume, str]:
+    volume = _only_volume(path)
+    if record.patient_id:
+        return volume, f"manifest:{record.patient_id}"
+    header = _series_header(path, volume.key) if os.path.isdir(path) else None
+    return volume, dicom_group_key(header, record.source) if header is not None else f"file:{record.source}"
+
+
+def _series_header(folder: str, key: str):
+    """The header of a file of the series whose `CTVolume.key` is `key`, in `folder`; None if none is found.
+
+    The volume keeps no patient tag (by design), so its patient is read back from one of its files:
+    usually the first file read matches. The series UID stands in as `read_ct_volumes` grouping does it.
+    """
+    for path in find_files([folder]):
+        if is_volume_file(path):
+            continue
+        try:
+            header = read_dicom(path, stop_before_pixels=True)
+        except ValueError:
+            continue  # not DICOM or damaged: `read_ct_volumes` set it aside too
+        uid = str(header.get("SeriesInstanceUID", "") or f"no SeriesInstanceUID: {path}")
+        if series_key(uid) == key:
+            return header
+    return None
+
+
+def _volume_masks(record: Record, volume: CTVolume) -> np.ndarray:
+    """A volume row's NIfTI mask -> bool `(slices, rows, columns)`; refused unless on the volume's grid."""
+    try:
+        mask_volume = _only_volume(record.mask_path)
+    except ValueError as error:
+        raise ValueError(f"mask {os.path.basename(record.mask_path)}: {error}") from None
+    if mask_volume.hu.shape != volume.hu.shape or not np.allclose(mask_volume.spacing_mm, volume.spacing_mm,
+                                                                  rtol=1e-3):
+        raise ValueError(f"the mask's grid {mask_volume.hu.shape} at {_mm(mask_volume.spacing_mm)} mm differs "
+                         f"from the volume's {volume.hu.shape} at {_mm(volume.spacing_mm)} mm")
+    # Same shape and spacing say nothing of where the mask lies: an origin elsewhere along z would label
+    # other slices than the ones drawn on. Both positions are patient z (LPS), in display order.
+    apart = float(np.max(np.abs(mask_volume.positions_mm - volume.positions_mm)))
+    if apart > MASK_POSITION_TOLERANCE_SLICES * volume.spacing_mm[0]:
+        raise ValueError(f"the mask's slices lie at z {_z_range(mask_volume)} mm, the volume's at "
+                         f"{_z_range(volume)} mm (up to {apart:.3g} mm apart, more than "
+                         f"{MASK_POSITION_TOLERANCE_SLICES:g} slice)")
+    return mask_volume.hu > 0.5
+
+
+def _z_range(volume: CTVolume) -> str:
+    return f"{volume.positions_mm[0]:.4g} to {volume.positions_mm[-1]:.4g}"
 
 
 def _mm(spacing) -> str:
