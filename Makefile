@@ -4,20 +4,22 @@ VENV := .venv
 PY := $(VENV)/bin/python
 QUICKSTART_DIR ?= quickstart_output
 PORT ?= 7860
+# Every install of this repository (make test, make demo, CI) takes the versions the suite passed with.
+LOCK := requirements/lock.txt
 export HF_HUB_OFFLINE ?= 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: install test lint demo quickstart benchmarks clean
+.PHONY: install test lint demo quickstart benchmarks clean test-latest lock
 
-# One venv; each stamp re-installs only when the project's dependencies change. The demo needs the
-# model plus the [train] and [demo] extras; the tests, lint and benchmarks need [dev] (everything).
+# One venv; each stamp re-installs only when the project's dependencies or the lock change. The demo
+# needs the model plus the [train] and [demo] extras; the tests, lint and benchmarks need [dev] (everything).
 EXTRAS_demo := train,demo
 EXTRAS_dev := dev
 
-$(VENV)/.installed-%: pyproject.toml
+$(VENV)/.installed-%: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -e ".[$(EXTRAS_$*)]"
+	$(PY) -m pip install -q -c $(LOCK) pip
+	$(PY) -m pip install -c $(LOCK) -e ".[$(EXTRAS_$*)]"
 	touch $@
 
 install: $(VENV)/.installed-dev
@@ -40,6 +42,19 @@ benchmarks: install
 	$(PY) benchmarks/explain_cost.py
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/demo_latency.py
+
+# For the maintainer who refreshes the lock: the whole suite on the newest releases pyproject.toml
+# allows, in a venv of their own made anew each time...
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade pip
+	.venv-latest/bin/python -m pip install -e ".[dev]"
+	TEST_LATEST=1 .venv-latest/bin/python -m pytest
+
+# ...and, only when it passed, those versions become the lock (and the Space's pins, taken from it).
+lock: test-latest
+	.venv-latest/bin/python requirements/lock.py .venv-latest/bin/python
 
 clean:
 	rm -rf $(QUICKSTART_DIR) .pytest_cache test-artifacts

@@ -6,6 +6,7 @@ distributions that provide them, so adding `import x` to a package without decla
 
 import ast
 import importlib.metadata
+import os
 import re
 import sys
 from pathlib import Path
@@ -125,3 +126,50 @@ def test_readme_says_which_extra_does_what():
     assert re.search(r"pip install \.\s", readme)
     for extra in PROJECT["optional-dependencies"]:
         assert re.search(rf'pip install "?\.\[{extra}\]', readme), extra
+
+
+# --- the lock of tested versions --------------------------------------------------------------------------------
+
+LOCK_PATH = ROOT / "requirements" / "lock.txt"
+
+
+def locked_versions() -> dict:
+    pins = {}
+    for line in LOCK_PATH.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.+!-]+", line), line
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def direct_requirements() -> list:
+    """pyproject's requirements of this Python, the project's own extras left out."""
+    lines = PROJECT["dependencies"] + [line for extra in PROJECT["optional-dependencies"].values() for line in extra]
+    requirements = [Requirement(line) for line in lines]
+    return [r for r in requirements if canonicalize_name(r.name) != canonicalize_name(PROJECT["name"])
+            and (r.marker is None or r.marker.evaluate())]
+
+
+def test_the_lock_pins_every_declared_dependency_within_its_range():
+    pins = locked_versions()
+    for requirement in direct_requirements():
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in the lock"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (str(requirement), pins[name])
+
+
+def test_the_space_installs_the_locked_versions():
+    pins = locked_versions()
+    lines = [line for line in (SPACE_DIR / "requirements.txt").read_text().splitlines() if "==" in line]
+    assert lines and all(pins[canonicalize_name(line.split("==")[0])] == line.split("==")[1] for line in lines), lines
+    sdk = re.search(r"^sdk_version: (\S+)$", (SPACE_DIR / "README.md").read_text(), re.MULTILINE).group(1)
+    assert sdk == pins["gradio"]
+
+
+@pytest.mark.skipif(bool(os.environ.get("TEST_LATEST")), reason="make test-latest runs on the newest releases")
+def test_this_environment_is_the_locked_one():
+    """`make test` and CI install with the lock, so the suite runs on what the lock says was tested."""
+    pins = locked_versions()
+    installed = {canonicalize_name(r.name): importlib.metadata.version(r.name) for r in direct_requirements()}
+    assert {name: version for name, version in installed.items() if pins[name] != version} == {}
