@@ -571,3 +571,12 @@ def test_a_gated_stage_3_gradcam_is_captioned_as_no_independent_evidence(app, ti
     CTImageProcessor.from_pretrained(tiny_model_dir).save_pretrained(tmp_path)
     caption = app.Predictor(tmp_path).caption("gradcam")
     assert "already multiplied" in caption and "no independent evidence" in caption
+
+
+def test_a_series_page_keeps_the_model_grid_in_16_bits_not_the_hu_volume(predictor, tmp_path):
+    """What a session holds for 30 minutes: 2 bytes a pixel of the model's input grid per slice."""
+    *_, cache = predictor.predict_series(_identified_series(tmp_path / "series"))
+    size = predictor.processor.size
+    assert cache.grid.dtype == np.uint16 and cache.grid.shape == (6, size, size)
+    held = sum(np.asarray(value).nbytes for value in vars(cache).values())
+    assert held == 6 * size * size * 2 + 2 * 6 * 8, "grid, probabilities and positions only"
