@@ -96,7 +96,7 @@ def main(argv=None):
 
         def bare_series_forwards():
             with torch.no_grad():
-                for batch in series_inputs.split(app.SERIES_BATCH_SIZE):
+                for batch in series_inputs.split(sys.modules['demo_settings'].SERIES_BATCH_SIZE):
                     model(batch)
 
         with serve_demo(tmp / "model", tmp / "server.log") as server:

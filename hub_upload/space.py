@@ -51,16 +51,29 @@ def check_space_source(space_dir=SPACE_DIR) -> None:
 
 
 def space_files(space_dir: Path) -> list:
-    """File names at the top of `space_dir` that ship: the required ones and modules app.py imports."""
-    siblings = {name.split(".")[0] for name in absolute_imports(space_dir / "app.py")}
-    return list(REQUIRED_FILES) + sorted(f"{name}.py" for name in siblings if (space_dir / f"{name}.py").is_file())
+    """File names at the top of `space_dir` that ship: the required ones and the sibling modules app.py
+    imports, directly or through each other."""
+    found, todo = set(), ["app"]
+    while todo:
+        for name in absolute_imports(space_dir / f"{todo.pop()}.py"):
+            name = name.split(".")[0]
+            if name not in found and name != "app" and (space_dir / f"{name}.py").is_file():
+                found.add(name)
+                todo.append(name)
+    return list(REQUIRED_FILES) + sorted(f"{name}.py" for name in found)
+
+
+def space_modeling_files(space_dir: Path) -> list:
+    """File names of `modeling/` that app.py and the sibling modules that ship import, relative imports followed."""
+    scripts = [space_dir / name for name in space_files(space_dir) if name.endswith(".py")]
+    return [f"{name}.py" for name in module_closure(set().union(*(script_modules(path) for path in scripts)))]
 
 
 def stage_space(stage_dir, *, model_id: str, space_dir=SPACE_DIR, overwrite: bool = False) -> Path:
     """Writes the Space repo to `stage_dir` (all at once) and returns its path."""
     space_dir = Path(space_dir)
     check_space_source(space_dir)
-    modeling_files = [f"{name}.py" for name in module_closure(script_modules(space_dir / "app.py"))]
+    modeling_files = space_modeling_files(space_dir)
 
     with atomic_directory(stage_dir, overwrite=overwrite) as building:
         for name in space_files(space_dir):

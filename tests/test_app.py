@@ -20,11 +20,16 @@ import torch
 from conftest import TINY_SIZE, tiny_model
 from pydicom.data import get_testdata_file
 
+import demo_components
+import demo_layout
+import demo_settings
+import demo_text
+import demo_uploads
 from modeling import CTImageProcessor
 from modeling.ct_dicom import read_ct_hu
 from modeling.ct_volume import read_ct_volumes
 from modeling.explain import explain
-from modeling.inference import grid_pixel_values, score_volume
+from modeling.inference import format_threshold, grid_pixel_values, score_volume
 from training.dicom_writer import ct_dataset, write_ct_dicom, write_ct_nifti, write_ct_series
 
 APP_PATH = Path(__file__).resolve().parents[1] / "space" / "app.py"
@@ -129,8 +134,6 @@ def test_display_window_changes_background_only(predictor):
 
 
 def test_attention_overlay_absent_without_spatial_branch(app, tmp_path):
-    from conftest import TINY_SIZE, tiny_model
-
     tiny_model(attention="channel").save_pretrained(tmp_path)
     CTImageProcessor(size=TINY_SIZE).save_pretrained(tmp_path)
     label, attention, gradcam, _ = app.Predictor(tmp_path).predict(CT_SMALL)
@@ -171,12 +174,13 @@ def test_bad_files_get_the_processors_one_line_reason(predictor, tmp_path):
 
 
 def test_uploads_are_deleted_after_the_request(app, predictor, tmp_path):
-    upload_dir = app._upload_folder() / "upload-under-test"
+    upload_dir = demo_uploads.upload_folder() / "upload-under-test"
     upload_dir.mkdir(parents=True, exist_ok=True)
     good = Path(shutil.copy(CT_SMALL, upload_dir / "slice.dcm"))
     bad = upload_dir / "bad.dcm"
     bad.write_text("not DICOM")
-    example = Path(shutil.copy(app.EXAMPLES_DIR / "metastatic_phantom.dcm", upload_dir))  # as Gradio caches it
+    # as Gradio caches it
+    example = Path(shutil.copy(demo_settings.EXAMPLES_DIR / "metastatic_phantom.dcm", upload_dir))
     predictor.predict(str(good))
     predictor.predict(str(example))
     with pytest.raises(gr.Error):
@@ -223,7 +227,7 @@ def test_page_without_a_model_says_how_to_configure_one(app):
     markdown = " ".join(str(getattr(block, "value", "")) for block in blocks.blocks.values())
     assert "--model" in markdown and "MODEL_ID" in markdown
     with pytest.raises(gr.Error, match="No model is configured"):
-        app.no_model(CT_SMALL)
+        demo_layout.no_model(CT_SMALL)
 
 
 DELETABLE_TAGS = (
@@ -328,7 +332,7 @@ def _as_uploads(app, paths, name) -> list:
     """Copies of `paths` where Gradio would store uploads (a folder each), so the app may (and must) delete them."""
     copies = []
     for index, path in enumerate(paths):
-        folder = app._upload_folder() / name / str(index)
+        folder = demo_uploads.upload_folder() / name / str(index)
         folder.mkdir(parents=True, exist_ok=True)
         copies.append(shutil.copy(path, folder / Path(path).name))
     return copies
@@ -411,12 +415,12 @@ def test_series_limits_each_get_a_one_line_reason(app, predictor, tmp_path, monk
         with pytest.raises(gr.Error) as raised:
             predictor.predict_series(_as_uploads(app, paths, name.replace(" ", "-")))
         assert reason in raised.value.message and "\n" not in raised.value.message, name
-    monkeypatch.setattr(app, "MAX_SLICES", 5)
+    monkeypatch.setattr(demo_settings, "MAX_SLICES", 5)
     with pytest.raises(gr.Error, match="6 files; a series may have up to 5 slices"):
         predictor.predict_series(slices)
     with pytest.raises(gr.Error, match="a series may have up to 5 slices"):
         predictor.predict_series([_zip(tmp_path / "big.zip", slices)])
-    monkeypatch.setattr(app, "MAX_SERIES_MB", 0.001)
+    monkeypatch.setattr(demo_settings, "MAX_SERIES_MB", 0.001)
     with pytest.raises(gr.Error, match=r"upload too large \(0 MB; a series may be up to 0.001 MB\)"):
         predictor.predict_series(slices)
 
@@ -441,29 +445,30 @@ LOCALISATION = {
 
 
 def test_threshold_is_shown_with_enough_digits(app):
-    assert app.format_threshold(0.9963) == "0.9963"
-    assert app.format_threshold(0.99996) == "0.99996", "a threshold below 1 is never shown as 1"
-    assert app.format_threshold(0.5) == "0.5"
-    assert app.format_threshold(0.123456) == "0.1235"
-    assert app.format_threshold(1.0) == "1"
+    assert format_threshold(0.9963) == "0.9963"
+    assert format_threshold(0.99996) == "0.99996", "a threshold below 1 is never shown as 1"
+    assert format_threshold(0.5) == "0.5"
+    assert format_threshold(0.123456) == "0.1235"
+    assert format_threshold(1.0) == "1"
 
 
 def test_overlay_captions_give_the_measured_localisation(app):
-    assert app.localisation_caption(LOCALISATION, "attention") == (
+    assert demo_text.localisation_caption(LOCALISATION, "attention") == (
         "On its evaluation (test split, 51 metastatic slices), this map's peak fell on the lesion in 93 % of "
         "them (95 % CI 85-98 %; chance 2 %). 41 % of its mass lay inside the lesion."
     )
-    for absent in (app.localisation_caption(LOCALISATION, "gradcam"), app.localisation_caption(None, "attention")):
+    caption = demo_text.localisation_caption
+    for absent in (caption(LOCALISATION, "gradcam"), caption(None, "attention")):
         assert "never evaluated" in absent
     small_chance = {"gradcam": {"pointing_game": 0.0, "n_slices": 7, "chance": 0.004, "split": "validation"}}
-    assert app.localisation_caption(small_chance, "gradcam") == (
+    assert demo_text.localisation_caption(small_chance, "gradcam") == (
         "On its evaluation (validation split, 7 metastatic slices), this map's peak fell on the lesion in 0 % of "
         "them (chance 0.4 %)."
     )
     # measured on stage 3, shown on a model that now explains stage 4 (or the reverse): not this map's numbers
     stage_3 = {"gradcam": {**small_chance["gradcam"], "stage": 3}}
-    assert app.localisation_caption(stage_3, "gradcam", gradcam_stage=3).startswith("On its evaluation")
-    assert app.localisation_caption(stage_3, "gradcam") == (
+    assert demo_text.localisation_caption(stage_3, "gradcam", gradcam_stage=3).startswith("On its evaluation")
+    assert demo_text.localisation_caption(stage_3, "gradcam") == (
         "This map (backbone stage 4) was never evaluated: the measured localisation is of stage 3's Grad-CAM."
     )
 
@@ -480,12 +485,12 @@ def test_page_shows_threshold_note_and_captions_from_the_config(app, tiny_model_
     blocks = app.build_demo(app.Predictor(tmp_path))
     shown = {getattr(block, "elem_id", None): str(getattr(block, "value", "")) for block in blocks.blocks.values()}
     assert "decision threshold 0.9963." in shown["model-info"] and "separates perfectly" in shown["model-info"]
-    assert shown["attention-caption"] == shown["series-attention-caption"] == app.localisation_caption(
+    assert shown["attention-caption"] == shown["series-attention-caption"] == demo_text.localisation_caption(
         LOCALISATION, "attention"
     )
     assert "never evaluated" in shown["gradcam-caption"] and "never evaluated" in shown["series-gradcam-caption"]
     assert "before the attention module" in shown["gradcam-caption"]  # the paper's layout: stage 4, ungated
-    labels = [block.label for block in blocks.blocks.values() if isinstance(block, app.DecisionLabel)]
+    labels = [block.label for block in blocks.blocks.values() if isinstance(block, demo_components.DecisionLabel)]
     assert labels == ["Decision at threshold 0.9963", "Series decision at threshold 0.9963"]
     gradcam_labels = [block.label for block in blocks.blocks.values() if getattr(block, "elem_id", "") and
                       block.elem_id.endswith("gradcam-overlay")]
@@ -493,7 +498,7 @@ def test_page_shows_threshold_note_and_captions_from_the_config(app, tiny_model_
 
 
 def test_an_upload_shared_by_identical_requests_is_deleted_by_its_last_reader(app, tmp_path):
-    uploads = app.UploadCounts()
+    uploads = demo_uploads.UploadCounts()
     shared = tmp_path / "sha" / "slice.dcm"
     shared.parent.mkdir()
     shared.write_bytes(b"same bytes")
@@ -517,7 +522,7 @@ def test_a_release_racing_an_identical_upload_never_deletes_the_new_upload(app, 
     """The failure CI caught: a reader's delete landing between Gradio's rename of a new identical upload
     onto the shared path and its `update` call. Here the server's loop is held inside that gap while the
     first reader releases, so the order is forced rather than hoped for."""
-    uploads = app.UploadCounts()
+    uploads = demo_uploads.UploadCounts()
     shared = tmp_path / "sha" / "slice.dcm"
     shared.parent.mkdir()
     loop = asyncio.new_event_loop()

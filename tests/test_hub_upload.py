@@ -372,12 +372,18 @@ def test_card_shows_the_maps_measured_localisation_and_the_threshold_note(tiny_m
     text = (out / "README.md").read_text()
     assert ("| Grad-CAM (backbone stage 4, the last) | on its evaluation (test split), its peak fell on the lesion "
             "in 93 % of 51 metastatic slices (95 % CI 81 % to 100 %; a random point: 1.8 %), with 42 % of its "
-            "energy inside the lesion |") in text
+            "energy inside the lesion. This Grad-CAM explains backbone stage 4's output before the attention "
+            "module: its activations do not pass through the attention map. |") in text
 
     config["gradcam_stage"] = 3  # moved after that evaluation: those numbers are not this map's
     (model / "config.json").write_text(json.dumps(config))
     out = stage_model_repo(model, tmp_path / "stage3", repo_id="me/pdac-ln", provenance=PHANTOM)
     assert "| Grad-CAM (backbone stage 3) | never evaluated against lesion masks" in (out / "README.md").read_text()
+    config["spatial_attention_stages"] = [3]  # the quickstart's layout: the gate multiplies what Grad-CAM explains
+    (model / "config.json").write_text(json.dumps(config))
+    out = stage_model_repo(model, tmp_path / "gated", repo_id="me/pdac-ln", provenance=PHANTOM)
+    assert "already multiplied (the gate sits on that stage)" in (out / "README.md").read_text()
+    del config["spatial_attention_stages"]
     config["gradcam_stage"] = 4
     assert "| Spatial attention | never evaluated against lesion masks" in text
     assert ("`config.decision_threshold` = 0.9996 (chosen on a validation split that separates the classes "

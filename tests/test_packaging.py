@@ -15,8 +15,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from hub_upload.code_files import module_closure, script_modules
-from hub_upload.space import SPACE_DIR, space_files
+from hub_upload.space import SPACE_DIR, space_files, space_modeling_files
 
 try:
     import tomllib
@@ -25,7 +24,9 @@ except ImportError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-FIRST_PARTY = {"modeling", "training", "hub_upload", "space", "benchmarks", "conftest", "app"}
+# the demo's modules (space/demo_*.py) are imported as top-level modules, as the Space imports them
+FIRST_PARTY = {"modeling", "training", "hub_upload", "space", "benchmarks", "conftest"} | {
+    path.stem for path in SPACE_DIR.glob("*.py")}
 # Imports of modeling/ that only an optional path needs, and the extra that provides each.
 MODEL_OPTIONAL_IMPORTS = {"pytorch_grad_cam": "train"}  # explain(method="gradcam++", ...)
 # The Space's Gradio image brings these with gradio itself.
@@ -100,7 +101,7 @@ def test_core_covers_every_import_of_the_model_code():
     [
         (python_files("training"), ["train"]),
         (python_files("hub_upload"), ["hub"]),
-        ([SPACE_DIR / "app.py"], ["demo"]),
+        ([SPACE_DIR / name for name in space_files(SPACE_DIR) if name.endswith(".py")], ["demo"]),
         (python_files("tests") + python_files("benchmarks"), ["dev"]),
     ],
     ids=["training", "hub_upload", "space", "tests+benchmarks"],
@@ -115,7 +116,7 @@ def test_space_requirements_pin_everything_the_staged_space_imports():
     requirements = [line for line in lines if line and not line.startswith("#")]
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.]+", line) for line in requirements), requirements
     staged = [SPACE_DIR / name for name in space_files(SPACE_DIR) if name.endswith(".py")]
-    staged += [ROOT / "modeling" / f"{name}.py" for name in module_closure(script_modules(SPACE_DIR / "app.py"))]
+    staged += [ROOT / "modeling" / name for name in space_modeling_files(SPACE_DIR)]
     imports = third_party_imports(staged) - set(MODEL_OPTIONAL_IMPORTS)  # the app uses the one-pass Grad-CAM
     assert "gradio" in imports and "pydicom" in imports
     assert undeclared(imports, requirement_names(requirements) | GRADIO_IMAGE) == set()
