@@ -103,7 +103,13 @@ def delete_upload(path) -> None:
 
 
 def count_uploads(blocks) -> None:
-    """Let Gradio record the uploads of `blocks` (a `gr.Blocks`) in `UPLOADS`, which its cache sweep also reads."""
+    """Let Gradio record the uploads of `blocks` (a `gr.Blocks`) in `UPLOADS`, which its cache sweep also reads.
+
+    `upload_file_set` and `temp_file_sets` are Gradio's private attributes: no public API tells when an
+    upload's last reader is done (`delete_cache` sweeps by age, a `State`'s time-to-live holds values, not
+    uploads). The Gradio version is pinned by requirements/lock.txt, and `make lock` runs the served
+    tests of identical concurrent uploads (tests/test_app_server.py) on every new Gradio before it is pinned.
+    """
     UPLOADS.update(blocks.upload_file_set)
     blocks.temp_file_sets = [UPLOADS if paths is blocks.upload_file_set else paths for paths in blocks.temp_file_sets]
     blocks.upload_file_set = UPLOADS
