@@ -215,17 +215,10 @@ class CTImageProcessor(BaseImageProcessor):
             unit, spacing = self._windowed(image, window_center, window_width, frame)
             unit = torch.from_numpy(unit)
             unit = unit[None] if unit.ndim == 2 else unit  # (n, h, w)
-            if target_mm is not None:
-                spacing = spacing or (tuple(pixel_spacing) if pixel_spacing is not None else None)
-                if spacing is None:
-                    raise ValueError(
-                        f"pixel_spacing_mm={target_mm} needs the image's pixel spacing: the DICOM has no "
-                        "PixelSpacing; pass pixel_spacing=(row, column) in mm with HU arrays and images"
-                    )
-                air = float(apply_window(AIR_HU, *self._window(window_center, window_width)))
-                unit = resample_to_spacing(unit, spacing, float(target_mm), size, fill=air)
-            elif do_resize:
-                unit = resize_slice(unit, (size, size)).clamp_(0.0, 1.0)
+            spacing = spacing or (tuple(pixel_spacing) if pixel_spacing is not None else None)
+            air = float(apply_window(AIR_HU, *self._window(window_center, window_width)))
+            unit = self.to_model_grid(unit, spacing, size=size, pixel_spacing_mm=target_mm, do_resize=do_resize,
+                                      fill=air)
             slices.extend(unit[:, None].expand(-1, 3, -1, -1))
         if len({tuple(s.shape) for s in slices}) > 1:
             raise ValueError("images differ in size; keep do_resize=True to batch them")
@@ -237,6 +230,30 @@ class CTImageProcessor(BaseImageProcessor):
         if return_tensors is None:  # BaseImageProcessor's convention: one (3, size, size) array per image
             return BatchFeature({"pixel_values": list(pixel_values.numpy())})
         return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+    def to_model_grid(self, unit: torch.Tensor, spacing: Optional[Sequence[float]], size: Optional[int] = None,
+                      pixel_spacing_mm: Optional[float] = None, do_resize: Optional[bool] = None,
+                      fill: Optional[float] = None) -> torch.Tensor:
+        """Windowed slices `(n, h, w)` at `spacing` `(row, column)` mm (or None) -> `(n, size, size)`: resampled
+        to `pixel_spacing_mm` and cropped/padded with `fill` (air in the window), or resized whole.
+
+        The one place a slice's geometry becomes the model's: `preprocess` and `training.prepare` (slices
+        and their lesion masks, with `fill=0`) both call it. Arguments default to the processor's own.
+        """
+        size = self.size if size is None else size
+        target_mm = self.pixel_spacing_mm if pixel_spacing_mm is None else pixel_spacing_mm
+        if target_mm is not None:
+            if spacing is None:
+                raise ValueError(
+                    f"pixel_spacing_mm={target_mm} needs the image's pixel spacing: the DICOM has no "
+                    "PixelSpacing; pass pixel_spacing=(row, column) in mm with HU arrays and images"
+                )
+            if fill is None:
+                fill = float(apply_window(AIR_HU, self.window_center, self.window_width))
+            return resample_to_spacing(unit, spacing, float(target_mm), size, fill=fill)
+        if self.do_resize if do_resize is None else do_resize:
+            return resize_slice(unit, (size, size)).clamp_(0.0, 1.0)
+        return unit
 
     def normalize_pixel_values(self, pixel_values: torch.Tensor, image_mean=None, image_std=None) -> torch.Tensor:
         """`(n, 3, S, S)` windowed values in [0, 1] (`do_normalize=False`'s output) -> the model's input,

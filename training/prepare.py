@@ -48,14 +48,7 @@ from tqdm.auto import tqdm
 from modeling import CLASS_NAMES, CTImageProcessor
 from modeling.ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom
 from modeling.ct_volume import CTVolume, extracted_zip, find_files, is_volume_file, read_ct_volumes, series_key
-from modeling.image_processing_ct import (
-    AIR_HU,
-    IMAGE_SUFFIXES,
-    apply_window,
-    read_image_file,
-    resample_to_spacing,
-    resize_slice,
-)
+from modeling.image_processing_ct import IMAGE_SUFFIXES, read_image_file
 
 LABEL_ALIASES = {"non_metastatic": 0, "normal": 0, "0": 0, "metastatic": 1, "cancer": 1, "1": 1}
 SPLITS = ("train", "validation", "test")
@@ -379,16 +372,8 @@ def window_in_place(hu: np.ndarray, center: float, width: float) -> np.ndarray:
 
 def model_input(unit: np.ndarray, spacing, processor: CTImageProcessor) -> np.ndarray:
     """A windowed slice `(h, w)` with its `(row, column)` spacing in mm (or None) -> `float32` `(size, size)`,
-    as `processor` makes it: resized whole, or resampled to its `pixel_spacing_mm` and cropped/padded."""
-    size = processor.size
-    if processor.pixel_spacing_mm is None:
-        return np.clip(resize_slice(unit, (size, size)), 0.0, 1.0)
-    if spacing is None:
-        raise ValueError(f"pixel_spacing_mm={processor.pixel_spacing_mm} needs the slice's pixel spacing; "
-                         "this file has none (PNG/JPEG, or a DICOM without PixelSpacing)")
-    air = float(apply_window(AIR_HU, processor.window_center, processor.window_width))
-    resampled = resample_to_spacing(torch.from_numpy(unit)[None], spacing, processor.pixel_spacing_mm, size, air)
-    return resampled[0].numpy()
+    as `processor` makes it (`CTImageProcessor.to_model_grid`): resized whole, or resampled and cropped/padded."""
+    return processor.to_model_grid(torch.from_numpy(unit)[None], spacing, do_resize=True)[0].numpy()
 
 
 def _mask_file_at_size(path: str, native_shape, spacing, processor: CTImageProcessor) -> np.ndarray:
@@ -408,8 +393,7 @@ def _mask_array_at_size(mask: np.ndarray, spacing, processor: CTImageProcessor) 
     """A boolean mask `(h, w)` on the slice's grid -> uint8 `(size, size)` on the model input's grid."""
     if processor.pixel_spacing_mm is None:
         return mask_at_size(Image.fromarray(mask.astype(np.uint8) * 255), processor.size)
-    resampled = resample_to_spacing(torch.from_numpy(mask.astype(np.float32))[None], spacing,
-                                    processor.pixel_spacing_mm, processor.size, 0.0)
+    resampled = processor.to_model_grid(torch.from_numpy(mask.astype(np.float32))[None], spacing, fill=0.0)
     return (resampled[0].numpy() >= 0.5).astype(np.uint8)
 
 
