@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from modeling import CLASS_NAMES, CTImageProcessor, DualAttentionResNetForImageClassification
 from modeling.configuration_dual_attention_resnet import GRADCAM_STAGES
+from modeling.inference import probabilities_from_logits
 from training.data import load_prepared, torch_splits
 from training.localisation import localisation_for_config, localisation_metrics
 from training.metrics import (
@@ -62,10 +63,9 @@ def predict_probabilities(model, split, batch_size: int = 32, desc: str = "predi
     device = next(model.parameters()).device
     probabilities = []
     for batch in tqdm(DataLoader(split, batch_size=batch_size), desc=desc, leave=False):
-        logits = model(pixel_values=batch["pixel_values"].to(device)).logits.double().view(-1)
-        # sigmoid in float64: float32 reads every logit above ~17 as 1.0, which hides the operating point
-        probabilities.append(torch.sigmoid(logits).cpu().numpy())
-    return np.concatenate(probabilities).astype(np.float64)
+        logits = model(pixel_values=batch["pixel_values"].to(device)).logits
+        probabilities.append(probabilities_from_logits(logits))  # float64, as predict and the demo decide
+    return np.concatenate(probabilities)
 
 
 def localisation(model, split, raw_split, resamples: int, seed: int) -> Optional[dict]:
