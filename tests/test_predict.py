@@ -405,6 +405,47 @@ def test_rows_reach_the_csvs_as_items_finish_so_an_interrupted_run_keeps_them(pa
     assert slices == all_slices[:n_slices] and series == all_series[:n_series]
 
 
+def test_slices_of_consecutive_items_share_forward_passes_and_each_item_is_reported_once_scored(tmp_path):
+    """Series of 5, 1 and 7 slices with a refused file between the first two, batch size 4: 13 slices in
+    forward passes of 4, 4, 4 and 1. The first series' last slice shares the second pass with the one-slice
+    series and the third's first two, so the first three items are reported after it, the third series
+    after the last pass, in item order; each slice scores as it does on its own."""
+    from modeling.predict import plan_work, predict_items
+
+    for seed, (name, slices) in enumerate((("a", 5), ("b", 1), ("c", 7))):
+        write_ct_series(tmp_path / name, series_hu(seed, slices), (2.0, 0.8, 0.8))
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    model, processor = tiny_model(), CTImageProcessor(size=TINY_SIZE)
+    batch_sizes, passes_when_reported = [], []
+    real_forward = model.forward
+
+    def counting_forward(pixel_values, *args, **kwargs):
+        batch_sizes.append(len(pixel_values))
+        return real_forward(pixel_values, *args, **kwargs)
+
+    model.forward = counting_forward
+    items = plan_work([str(tmp_path / name) for name in ("a", "notes.txt", "b", "c")])
+    reported = []
+
+    def on_result(result):
+        reported.append(result)
+        passes_when_reported.append(len(batch_sizes))
+
+    results = predict_items(items, model, processor, batch_size=4, progress=False, on_result=on_result)
+
+    assert batch_sizes == [4, 4, 4, 1]
+    assert passes_when_reported == [2, 2, 2, 4]
+    assert len(reported) == len(results) == 4 and all(one is two for one, two in zip(reported, results, strict=True))
+    assert [len(result.slice_rows) for result in results] == [5, 1, 1, 7]
+    assert [row["error"] for row in results[1].slice_rows] == ["not a DICOM file (no DICM header)"]
+    model.forward = real_forward
+    for result, name in zip((results[0], results[2], results[3]), ("a", "b", "c"), strict=True):
+        (volume,) = read_ct_volumes(tmp_path / name)
+        expected = score_volume(model, processor, volume)
+        assert [float(row["probability"]) for row in result.slice_rows] == pytest.approx(list(expected), abs=1e-5)
+        assert [row["series"] for row in result.series_rows] == [volume.key]
+
+
 def _jet_heat(panel_rgb: np.ndarray, grey: np.ndarray) -> np.ndarray:
     """Undo `explain.overlay` (0.6 grey + 0.4 jet colour): the map's value `(H, W)` at each pixel, by the
     nearest of 256 jet colours to what is left once the grey slice is taken out."""
