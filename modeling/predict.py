@@ -43,7 +43,7 @@ import hashlib
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -51,18 +51,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .ct_dicom import read_ct_hu
-from .ct_volume import (
-    CTVolume,
-    DicomSeries,
-    find_files,
-    group_dicom_series,
-    is_volume_file,
-    load_dicom_series,
-    read_ct_volumes,
-    skip_warning,
-)
+from .ct_volume import CTVolume, load_dicom_series, read_ct_volumes, skip_warning
 from .explain import explain, gradcam_title
-from .image_processing_ct import IMAGE_SUFFIXES
 from .inference import (
     decision,
     display_slice,
@@ -71,6 +61,7 @@ from .inference import (
     probability_curve,
     volume_slices,
 )
+from .work_plan import WorkItem, WorkKind, plan_work
 
 CSV_COLUMNS = (
     "path", "status", "probability", "label", "error", "warning", "explanation", "series", "slice_index", "z_mm"
@@ -101,58 +92,6 @@ def hu_warning(hu: np.ndarray, rescaled: bool = True) -> str:
             "check RescaleSlope/RescaleIntercept"
         )
     return ""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Planning: the same list of work items in every process
-
-
-@dataclass
-class WorkItem:
-    """One piece of work: a DICOM `series`, a `volume_file` (zip or NIfTI), an `image` file, or a file
-    `refused` from its header alone. `source` is the PATH argument (a file's folder for file arguments)."""
-
-    kind: str
-    source: str
-    path: str = ""
-    series: Optional[DicomSeries] = None
-    reason: str = ""
-    index: int = 0
-
-
-def plan_work(paths: Sequence[str], images: bool = False) -> List[WorkItem]:
-    """Find the files under `paths` and group them into work items, in the order of their first file."""
-    files, sources = [], []
-    for path in paths:
-        found = find_files([path])
-        files += found
-        sources += [path if os.path.isdir(path) else (os.path.dirname(path) or ".")] * len(found)
-    first_index: Dict[str, int] = {}
-    for index, path in enumerate(files):
-        first_index.setdefault(path, index)
-    ordered: List[Tuple[int, WorkItem]] = []
-    dicom_files = []
-    for index, (path, source) in enumerate(zip(files, sources, strict=True)):
-        if first_index[path] != index:
-            continue  # named twice (a file and its folder)
-        suffix = os.path.splitext(path)[1].lower()
-        if is_volume_file(path):
-            ordered.append((index, WorkItem("volume_file", path, path=path)))
-        elif suffix in IMAGE_SUFFIXES and images:
-            ordered.append((index, WorkItem("image", source, path=path)))
-        elif suffix in IMAGE_SUFFIXES:
-            reason = f"not a DICOM file ({suffix} image; --images reads already-windowed images)"
-            ordered.append((index, WorkItem("refused", source, path=path, reason=reason)))
-        else:
-            dicom_files.append(path)
-    series, skipped = group_dicom_series(dicom_files)
-    for group in series:
-        first = min(first_index[path] for path in group.paths + [name for name, _ in group.skipped])
-        ordered.append((first, WorkItem("series", sources[first], series=group)))
-    for path, reason in skipped:
-        ordered.append((first_index[path], WorkItem("refused", sources[first_index[path]], path=path, reason=reason)))
-    ordered.sort(key=lambda pair: pair[0])
-    return [dataclasses.replace(item, index=number) for number, (_, item) in enumerate(ordered)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -199,10 +138,10 @@ def _first_line(error: BaseException) -> str:
 def _open_item(item: WorkItem, processor) -> Tuple[ItemResult, List[_Volume]]:
     """Read a work item: its refusals as rows, and the volumes (with one row per slice) left to score."""
     result = ItemResult()
-    if item.kind == "refused":
+    if item.kind is WorkKind.REFUSED:
         result.slice_rows.append(_slice_row(path=item.path, status="error", error=item.reason))
         return result, []
-    if item.kind == "image":
+    if item.kind is WorkKind.IMAGE:
         try:
             processor.to_unit_range(item.path)
         except (ValueError, OSError) as error:
@@ -212,9 +151,9 @@ def _open_item(item: WorkItem, processor) -> Tuple[ItemResult, List[_Volume]]:
         result.slice_rows.append(_slice_row(path=item.path, status="ok", warning=warning))
         return result, [_Volume(item, None, result.slice_rows[:], image_path=item.path)]
     try:
-        volumes = [load_dicom_series(item.series)] if item.kind == "series" else read_ct_volumes(item.path)
+        volumes = [load_dicom_series(item.series)] if item.kind is WorkKind.SERIES else read_ct_volumes(item.path)
     except (ValueError, ImportError) as error:
-        if item.kind == "series":
+        if item.kind is WorkKind.SERIES:
             key = item.series.key
             refusals = [(path, _refusal(path)) for path in item.series.paths] + list(item.series.skipped)
         else:
@@ -229,7 +168,7 @@ def _open_item(item: WorkItem, processor) -> Tuple[ItemResult, List[_Volume]]:
 
     def file_path(name: str) -> str:
         """A slice's file as the user can find it: DICOM paths as given, zip members inside the zip's path."""
-        if item.kind == "series":
+        if item.kind is WorkKind.SERIES:
             return name or item.source  # no single file: a slice across a sagittal or coronal series
         return os.path.join(item.path, name) if name else item.path
 

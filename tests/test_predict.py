@@ -18,6 +18,7 @@ from modeling.ct_dicom import read_ct_hu
 from modeling.ct_volume import read_ct_volumes
 from modeling.inference import score_volume
 from modeling.predict import hu_warning, main
+from modeling.work_plan import WorkKind
 from training.dicom_writer import ct_dataset, write_ct_dicom, write_ct_nifti, write_ct_series
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -399,8 +400,8 @@ def test_rows_reach_the_csvs_as_items_finish_so_an_interrupted_run_keeps_them(pa
         run_series([pacs_export], tiny_model_dir, tmp_path / "stopped", "--batch-size", "1")
 
     slices, series = read_rows(tmp_path / "stopped" / "slices.csv"), read_rows(tmp_path / "stopped" / "series.csv")
-    n_series = sum(item.kind != "refused" for item in items[:2])
-    n_slices = sum(len(item.series.paths) if item.kind == "series" else 1 for item in items[:2])
+    n_series = sum(item.kind is not WorkKind.REFUSED for item in items[:2])
+    n_slices = sum(len(item.series.paths) if item.kind is WorkKind.SERIES else 1 for item in items[:2])
     assert 0 < len(slices) == n_slices < len(all_slices) and len(series) == n_series
     assert slices == all_slices[:n_slices] and series == all_series[:n_series]
 
