@@ -37,7 +37,6 @@ Not imported by the model files: it needs matplotlib, tqdm and accelerate, which
 """
 
 import argparse
-import csv
 import dataclasses
 import hashlib
 import os
@@ -61,14 +60,18 @@ from .inference import (
     probability_curve,
     volume_slices,
 )
+from .prediction_csv import (
+    CSV_COLUMNS,
+    POSITION_MM_FORMAT,
+    PROBABILITY_FORMAT,
+    SERIES_COLUMNS,
+    ItemResult,
+    ResultWriter,
+    series_row,
+    slice_row,
+)
 from .work_plan import WorkItem, WorkKind, plan_work
 
-CSV_COLUMNS = (
-    "path", "status", "probability", "label", "error", "warning", "explanation", "series", "slice_index", "z_mm"
-)
-SERIES_COLUMNS = (
-    "source", "series", "n_slices", "probability", "top_slice_index", "top_z_mm", "label", "status", "error"
-)
 TOP_SLICES_EXPLAINED = 3
 # Bulk of a calibrated CT slice: air at about -1000 HU up to dense bone and contrast.
 CT_RANGE_HU = (-1100.0, 3500.0)
@@ -98,18 +101,6 @@ def hu_warning(hu: np.ndarray, rescaled: bool = True) -> str:
 # Scoring
 
 
-def _slice_row(**values) -> dict:
-    row = dict.fromkeys(CSV_COLUMNS, "")
-    row.update(values)
-    return row
-
-
-def _series_row(**values) -> dict:
-    row = dict.fromkeys(SERIES_COLUMNS, "")
-    row.update(values)
-    return row
-
-
 @dataclass
 class _Volume:
     """A volume being scored: its slice rows, where its pixels come from, and its probabilities so far."""
@@ -122,15 +113,6 @@ class _Volume:
     remaining: int = 0
 
 
-@dataclass
-class ItemResult:
-    """What one work item adds to the two CSVs."""
-
-    slice_rows: List[dict] = field(default_factory=list)
-    series_rows: List[dict] = field(default_factory=list)
-    messages: List[str] = field(default_factory=list)
-
-
 def _first_line(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
@@ -139,16 +121,16 @@ def _open_item(item: WorkItem, processor) -> Tuple[ItemResult, List[_Volume]]:
     """Read a work item: its refusals as rows, and the volumes (with one row per slice) left to score."""
     result = ItemResult()
     if item.kind is WorkKind.REFUSED:
-        result.slice_rows.append(_slice_row(path=item.path, status="error", error=item.reason))
+        result.slice_rows.append(slice_row(path=item.path, status="error", error=item.reason))
         return result, []
     if item.kind is WorkKind.IMAGE:
         try:
             processor.to_unit_range(item.path)
         except (ValueError, OSError) as error:
-            result.slice_rows.append(_slice_row(path=item.path, status="error", error=_first_line(error)))
+            result.slice_rows.append(slice_row(path=item.path, status="error", error=_first_line(error)))
             return result, []
         warning = "image file, not DICOM: read as an already-windowed slice; HU not checked"
-        result.slice_rows.append(_slice_row(path=item.path, status="ok", warning=warning))
+        result.slice_rows.append(slice_row(path=item.path, status="ok", warning=warning))
         return result, [_Volume(item, None, result.slice_rows[:], image_path=item.path)]
     try:
         volumes = [load_dicom_series(item.series)] if item.kind is WorkKind.SERIES else read_ct_volumes(item.path)
@@ -159,10 +141,10 @@ def _open_item(item: WorkItem, processor) -> Tuple[ItemResult, List[_Volume]]:
         else:
             key, refusals = "", [(item.path, _first_line(error))]
         result.slice_rows += [
-            _slice_row(path=path, status="error", error=reason, series=key) for path, reason in refusals
+            slice_row(path=path, status="error", error=reason, series=key) for path, reason in refusals
         ]
         result.series_rows.append(
-            _series_row(source=item.source, series=key, n_slices=0, status="error", error=_first_line(error))
+            series_row(source=item.source, series=key, n_slices=0, status="error", error=_first_line(error))
         )
         return result, []
 
@@ -181,8 +163,8 @@ def _open_item(item: WorkItem, processor) -> Tuple[ItemResult, List[_Volume]]:
         rows = []
         for index, name in enumerate(volume.slice_names):
             warning = "; ".join(filter(None, [hu_warning(volume.hu[index], rescaled), *geometry]))
-            z_mm = f"{volume.positions_mm[index]:.2f}"
-            rows.append(_slice_row(path=file_path(name), status="ok", warning=warning, series=volume.key,
+            z_mm = format(volume.positions_mm[index], POSITION_MM_FORMAT)
+            rows.append(slice_row(path=file_path(name), status="ok", warning=warning, series=volume.key,
                                    slice_index=index, z_mm=z_mm))
         result.slice_rows += rows
         opened.append(_Volume(item, volume, rows))
@@ -190,7 +172,7 @@ def _open_item(item: WorkItem, processor) -> Tuple[ItemResult, List[_Volume]]:
             key = "" if (name, reason) in volume.source_skipped else volume.key  # a localizer is no series'
             refusals.setdefault(file_path(name), (reason, key))
     result.slice_rows += [
-        _slice_row(path=path, status="error", error=reason, series=key) for path, (reason, key) in refusals.items()
+        slice_row(path=path, status="error", error=reason, series=key) for path, (reason, key) in refusals.items()
     ]
     return result, opened
 
@@ -223,20 +205,21 @@ def _finish(volume: _Volume, model, processor, threshold: float, explain_dir: Op
     """Fill a scored volume's rows and its series row, write its explanations; returns the series row."""
     probabilities = volume.probabilities
     for row, probability in zip(volume.rows, probabilities, strict=True):
-        row.update(probability=f"{probability:.6f}", label=decision(probability, threshold))
+        row.update(probability=format(probability, PROBABILITY_FORMAT), label=decision(probability, threshold))
     top = int(np.argmax(probabilities))
-    series_row = None
+    volume_row = None
     if volume.volume is not None:
         z_mm = volume.volume.positions_mm
-        series_row = _series_row(
+        volume_row = series_row(
             source=volume.item.source, series=volume.volume.key, n_slices=len(probabilities),
-            probability=f"{probabilities[top]:.6f}", top_slice_index=top, top_z_mm=f"{z_mm[top]:.2f}",
+            probability=format(probabilities[top], PROBABILITY_FORMAT), top_slice_index=top,
+            top_z_mm=format(z_mm[top], POSITION_MM_FORMAT),
             label=decision(probabilities[top], threshold), status="ok",
         )
     if explain_dir:
         _write_explanations(volume, model, processor, threshold, explain_dir)
     volume.volume = None  # the HU are no longer needed
-    return series_row
+    return volume_row
 
 
 def _write_explanations(volume: _Volume, model, processor, threshold: float, explain_dir: str) -> None:
@@ -307,9 +290,9 @@ def predict_items(
     def finish_scored():
         while open_volumes and open_volumes[0][1].remaining == 0:  # finish in order, as soon as scored
             number, volume = open_volumes.pop(0)
-            series_row = _finish(volume, model, processor, threshold, explain_dir)
-            if series_row is not None:
-                results[number].series_rows.append(series_row)
+            volume_row = _finish(volume, model, processor, threshold, explain_dir)
+            if volume_row is not None:
+                results[number].series_rows.append(volume_row)
             unfinished[number] -= 1
         report_finished()
 
@@ -333,44 +316,6 @@ def predict_items(
         run_batch()
     finish_scored()
     return results
-
-
-class ResultWriter:
-    """SLICES.csv (and SERIES.csv when a path is given), a header first and each item's rows as it is
-    written, flushed: a run that stops half-way (interrupted, out of memory) leaves what it scored."""
-
-    def __init__(self, slices_path: str, series_path: Optional[str] = None):
-        self.handles, self.writers = [], []
-        try:
-            for path, columns in ((slices_path, CSV_COLUMNS), (series_path, SERIES_COLUMNS)):
-                if path is None:
-                    self.writers.append(None)
-                    continue
-                handle = open(path, "w", newline="")
-                self.handles.append(handle)
-                self.writers.append(csv.DictWriter(handle, fieldnames=columns))
-                self.writers[-1].writeheader()
-                handle.flush()
-        except BaseException:  # the second file cannot be opened: the first is not left open
-            self.close()
-            raise
-
-    def write(self, result: ItemResult) -> None:
-        for writer, rows in zip(self.writers, (result.slice_rows, result.series_rows), strict=True):
-            if writer is not None:
-                writer.writerows(rows)
-        for handle in self.handles:
-            handle.flush()
-
-    def __enter__(self) -> "ResultWriter":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
