@@ -41,7 +41,6 @@ import dataclasses
 import hashlib
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -49,8 +48,6 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .ct_dicom import read_ct_hu
-from .ct_volume import CTVolume, load_dicom_series, read_ct_volumes, skip_warning
 from .explain import explain, gradcam_title
 from .inference import (
     decision,
@@ -58,7 +55,6 @@ from .inference import (
     explanation_panel,
     forward_probabilities,
     probability_curve,
-    volume_slices,
 )
 from .prediction_csv import (
     CSV_COLUMNS,
@@ -68,131 +64,11 @@ from .prediction_csv import (
     ItemResult,
     ResultWriter,
     series_row,
-    slice_row,
 )
-from .work_plan import WorkItem, WorkKind, plan_work
+from .work_plan import WorkItem, plan_work
+from .work_reading import OpenVolume, hu_warning, open_item, pixel_chunks
 
 TOP_SLICES_EXPLAINED = 3
-# Bulk of a calibrated CT slice: air at about -1000 HU up to dense bone and contrast.
-CT_RANGE_HU = (-1100.0, 3500.0)
-
-
-def hu_warning(hu: np.ndarray, rescaled: bool = True) -> str:
-    """A one-line warning when the pixel values do not look like calibrated Hounsfield units, else "".
-
-    `rescaled`: whether the file said how to calibrate (RescaleIntercept). The constant fill outside the
-    scan circle (often -2048 or -3024 HU) is left out of the check.
-    """
-    if not rescaled and hu.min() >= 0:
-        return "no RescaleIntercept and no negative values: pixel values may be raw, not calibrated HU"
-    body = hu[hu != hu.min()] if hu.min() < CT_RANGE_HU[0] else hu
-    if body.size == 0:
-        return "the image is one constant value"
-    outside = np.mean((body < CT_RANGE_HU[0]) | (body > CT_RANGE_HU[1]))
-    if outside > 0.05:
-        return (
-            f"{outside:.0%} of pixels outside [{CT_RANGE_HU[0]:.0f}, {CT_RANGE_HU[1]:.0f}] HU: "
-            "check RescaleSlope/RescaleIntercept"
-        )
-    return ""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Scoring
-
-
-@dataclass
-class _Volume:
-    """A volume being scored: its slice rows, where its pixels come from, and its probabilities so far."""
-
-    item: WorkItem
-    volume: Optional[CTVolume]  # None for an already-windowed image file
-    rows: List[dict]
-    image_path: str = ""
-    probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    remaining: int = 0
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
-
-
-def _open_item(item: WorkItem, processor) -> Tuple[ItemResult, List[_Volume]]:
-    """Read a work item: its refusals as rows, and the volumes (with one row per slice) left to score."""
-    result = ItemResult()
-    if item.kind is WorkKind.REFUSED:
-        result.slice_rows.append(slice_row(path=item.path, status="error", error=item.reason))
-        return result, []
-    if item.kind is WorkKind.IMAGE:
-        try:
-            processor.to_unit_range(item.path)
-        except (ValueError, OSError) as error:
-            result.slice_rows.append(slice_row(path=item.path, status="error", error=_first_line(error)))
-            return result, []
-        warning = "image file, not DICOM: read as an already-windowed slice; HU not checked"
-        result.slice_rows.append(slice_row(path=item.path, status="ok", warning=warning))
-        return result, [_Volume(item, None, result.slice_rows[:], image_path=item.path)]
-    try:
-        volumes = [load_dicom_series(item.series)] if item.kind is WorkKind.SERIES else read_ct_volumes(item.path)
-    except (ValueError, ImportError) as error:
-        if item.kind is WorkKind.SERIES:
-            key = item.series.key
-            refusals = [(path, _refusal(path)) for path in item.series.paths] + list(item.series.skipped)
-        else:
-            key, refusals = "", [(item.path, _first_line(error))]
-        result.slice_rows += [
-            slice_row(path=path, status="error", error=reason, series=key) for path, reason in refusals
-        ]
-        result.series_rows.append(
-            series_row(source=item.source, series=key, n_slices=0, status="error", error=_first_line(error))
-        )
-        return result, []
-
-    def file_path(name: str) -> str:
-        """A slice's file as the user can find it: DICOM paths as given, zip members inside the zip's path."""
-        if item.kind is WorkKind.SERIES:
-            return name or item.source  # no single file: a slice across a sagittal or coronal series
-        return os.path.join(item.path, name) if name else item.path
-
-    opened, refusals = [], {}
-    for volume in volumes:
-        rescaled = "rescale_intercept" in volume.technical or volume.technical.get("format") == "NIfTI"
-        skipped_lines = {skip_warning(name, reason) for name, reason in volume.skipped}
-        geometry = [warning for warning in volume.warnings if warning not in skipped_lines]
-        result.messages += [f"{item.source}: series {volume.key}: {warning}" for warning in geometry]
-        rows = []
-        for index, name in enumerate(volume.slice_names):
-            warning = "; ".join(filter(None, [hu_warning(volume.hu[index], rescaled), *geometry]))
-            z_mm = format(volume.positions_mm[index], POSITION_MM_FORMAT)
-            rows.append(slice_row(path=file_path(name), status="ok", warning=warning, series=volume.key,
-                                   slice_index=index, z_mm=z_mm))
-        result.slice_rows += rows
-        opened.append(_Volume(item, volume, rows))
-        for name, reason in volume.skipped:  # a zip's skipped files are noted in each of its volumes: one row each
-            key = "" if (name, reason) in volume.source_skipped else volume.key  # a localizer is no series'
-            refusals.setdefault(file_path(name), (reason, key))
-    result.slice_rows += [
-        slice_row(path=path, status="error", error=reason, series=key) for path, (reason, key) in refusals.items()
-    ]
-    return result, opened
-
-
-def _refusal(path: str) -> str:
-    """Why `path` could not be read as a CT slice (for the rows of a series none of whose slices could)."""
-    try:
-        read_ct_hu(path)
-    except ValueError as error:
-        return _first_line(error)
-    return "not read with its series"
-
-
-def _pixel_chunks(volume: _Volume, processor, chunk: int):
-    """`(first slice index, pixel_values (n, 3, S, S))` over the volume, `chunk` slices at a time."""
-    if volume.volume is None:
-        yield 0, processor(volume.image_path, return_tensors="pt")["pixel_values"]
-        return
-    for start in range(0, volume.volume.hu.shape[0], chunk):
-        yield start, processor(volume_slices(volume.volume, start, start + chunk), return_tensors="pt")["pixel_values"]
 
 
 def explanation_name(item_index: int, slice_index: int, path: str) -> str:
@@ -201,7 +77,7 @@ def explanation_name(item_index: int, slice_index: int, path: str) -> str:
     return f"{item_index:05d}_{slice_index:04d}_{hashlib.sha1(path.encode('utf-8')).hexdigest()[:10]}.png"
 
 
-def _finish(volume: _Volume, model, processor, threshold: float, explain_dir: Optional[str]):
+def _finish(volume: OpenVolume, model, processor, threshold: float, explain_dir: Optional[str]):
     """Fill a scored volume's rows and its series row, write its explanations; returns the series row."""
     probabilities = volume.probabilities
     for row, probability in zip(volume.rows, probabilities, strict=True):
@@ -222,7 +98,7 @@ def _finish(volume: _Volume, model, processor, threshold: float, explain_dir: Op
     return volume_row
 
 
-def _write_explanations(volume: _Volume, model, processor, threshold: float, explain_dir: str) -> None:
+def _write_explanations(volume: OpenVolume, model, processor, threshold: float, explain_dir: str) -> None:
     """Panels of the volume's most suspicious slices, each map on the slice it belongs to
     (`inference.display_slice`), and its probability-vs-z plot."""
     probabilities = volume.probabilities
@@ -268,8 +144,8 @@ def predict_items(
         os.makedirs(explain_dir, exist_ok=True)
     results: List[ItemResult] = []
     unfinished: List[int] = []  # per result, its volumes not yet finished
-    open_volumes: List[Tuple[int, _Volume]] = []  # (result index, volume), in item order
-    pending: List[Tuple[_Volume, int, torch.Tensor]] = []
+    open_volumes: List[Tuple[int, OpenVolume]] = []  # (result index, volume), in item order
+    pending: List[Tuple[OpenVolume, int, torch.Tensor]] = []
     reported = 0
 
     def report_finished():
@@ -297,16 +173,14 @@ def predict_items(
         report_finished()
 
     for item in tqdm(items, desc="predict", unit="item", disable=not progress):
-        result, volumes = _open_item(item, processor)
+        result, volumes = open_item(item, processor)
         results.append(result)
         unfinished.append(len(volumes))
         for message in result.messages:
             print(message, file=sys.stderr)
         for volume in volumes:
-            volume.probabilities = np.zeros(len(volume.rows))
-            volume.remaining = len(volume.rows)
             open_volumes.append((len(results) - 1, volume))
-            for start, pixel_values in _pixel_chunks(volume, processor, batch_size):
+            for start, pixel_values in pixel_chunks(volume, processor, batch_size):
                 for offset, pixels in enumerate(pixel_values):
                     pending.append((volume, start + offset, pixels))
                     if len(pending) == batch_size:
@@ -396,6 +270,9 @@ def under_launcher() -> bool:
     """Whether this process was started by `accelerate launch` (which sets its ACCELERATE_* settings
     for every launcher) or by torchrun, either of which reports a non-zero status as a traceback."""
     return "ACCELERATE_MIXED_PRECISION" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+
+
+__all__ = ["CSV_COLUMNS", "SERIES_COLUMNS", "ResultWriter", "hu_warning", "main", "plan_work", "predict_items"]
 
 
 if __name__ == "__main__":

@@ -386,7 +386,7 @@ def test_rows_reach_the_csvs_as_items_finish_so_an_interrupted_run_keeps_them(pa
 
     _, all_slices, all_series = run_series([pacs_export], tiny_model_dir, tmp_path, "--batch-size", "1")
     items = predict_module.plan_work([str(pacs_export)])
-    real_open_item, opened = predict_module._open_item, []
+    real_open_item, opened = predict_module.open_item, []
 
     def open_item(item, processor):
         if len(opened) == 2:
@@ -394,7 +394,7 @@ def test_rows_reach_the_csvs_as_items_finish_so_an_interrupted_run_keeps_them(pa
         opened.append(item)
         return real_open_item(item, processor)
 
-    monkeypatch.setattr(predict_module, "_open_item", open_item)
+    monkeypatch.setattr(predict_module, "open_item", open_item)
     (tmp_path / "stopped").mkdir()
     with pytest.raises(KeyboardInterrupt):
         run_series([pacs_export], tiny_model_dir, tmp_path / "stopped", "--batch-size", "1")
