@@ -41,7 +41,8 @@ import dataclasses
 import hashlib
 import os
 import sys
-from typing import Callable, List, Optional, Sequence, Tuple
+from collections import deque
+from typing import Callable, Deque, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -77,7 +78,7 @@ def explanation_name(item_index: int, slice_index: int, path: str) -> str:
     return f"{item_index:05d}_{slice_index:04d}_{hashlib.sha1(path.encode('utf-8')).hexdigest()[:10]}.png"
 
 
-def _finish(volume: OpenVolume, model, processor, threshold: float, explain_dir: Optional[str]):
+def _finish_volume(volume: OpenVolume, model, processor, threshold: float, explain_dir: Optional[str]):
     """Fill a scored volume's rows and its series row, write its explanations; returns the series row."""
     probabilities = volume.probabilities
     for row, probability in zip(volume.rows, probabilities, strict=True):
@@ -125,6 +126,74 @@ def _write_explanations(volume: OpenVolume, model, processor, threshold: float, 
         figure.savefig(os.path.join(explain_dir, name), dpi=100)
 
 
+class BatchScheduler:
+    """Slices of consecutive work items scored together in forward passes of `batch_size`, and each
+    item's result handed to `on_result` in item order as soon as all of its slices are scored.
+
+    `add_item` reads an item and queues its slices, running a forward pass whenever `batch_size` are
+    queued; `flush` scores what is left and returns every item's result.
+    """
+
+    def __init__(self, model, processor, batch_size: int, explain_dir: Optional[str],
+                 on_result: Optional[Callable[[ItemResult], None]]):
+        self.model, self.processor, self.batch_size = model, processor, batch_size
+        self.explain_dir, self.on_result = explain_dir, on_result
+        self.threshold = float(model.config.decision_threshold)
+        self.results: List[ItemResult] = []
+        self.pending: List[Tuple[OpenVolume, int, torch.Tensor]] = []  # (volume, slice index, pixel values)
+        self.open_volumes: Deque[Tuple[int, OpenVolume]] = deque()  # (result index, volume), in item order
+        self.reported = 0  # results handed to on_result so far
+
+    def add_item(self, item: WorkItem) -> None:
+        result, volumes = open_item(item, self.processor)
+        self.results.append(result)
+        for message in result.messages:
+            print(message, file=sys.stderr)
+        # every volume of the item is open before any of its slices is scored, so that the item is not
+        # reported when its first volume is finished and the next not yet read
+        self.open_volumes.extend((len(self.results) - 1, volume) for volume in volumes)
+        for volume in volumes:
+            for start, pixel_values in pixel_chunks(volume, self.processor, self.batch_size):
+                for offset, pixels in enumerate(pixel_values):
+                    self.pending.append((volume, start + offset, pixels))
+                    if len(self.pending) == self.batch_size:
+                        self.run_batch()
+        self._report_finished()
+
+    def run_batch(self) -> None:
+        """One forward pass over the queued slices, then finish the volumes it completed."""
+        probabilities = forward_probabilities(self.model, torch.stack([pixels for _, _, pixels in self.pending]))
+        for (volume, index, _), probability in zip(self.pending, probabilities, strict=True):
+            volume.probabilities[index] = probability
+            volume.remaining -= 1
+        self.pending.clear()
+        self.finish_scored()
+
+    def finish_scored(self) -> None:
+        """Finish the scored volumes at the front of the queue (in item order), then report their items."""
+        while self.open_volumes and self.open_volumes[0][1].remaining == 0:
+            number, volume = self.open_volumes.popleft()
+            volume_row = _finish_volume(volume, self.model, self.processor, self.threshold, self.explain_dir)
+            if volume_row is not None:
+                self.results[number].series_rows.append(volume_row)
+        self._report_finished()
+
+    def flush(self) -> List[ItemResult]:
+        """Score the slices still queued; every item's result, in item order."""
+        if self.pending:
+            self.run_batch()
+        self.finish_scored()
+        return self.results
+
+    def _report_finished(self) -> None:
+        """Hand on each result before the first open volume's: volumes finish in item order."""
+        finished = self.open_volumes[0][0] if self.open_volumes else len(self.results)
+        for result in self.results[self.reported : finished]:
+            if self.on_result is not None:
+                self.on_result(result)
+            self.reported += 1
+
+
 def predict_items(
     items: Sequence[WorkItem],
     model,
@@ -139,57 +208,12 @@ def predict_items(
     `on_result` is called with each item's result, in item order, as soon as all of its slices are
     scored (a CSV writer, so that an interrupted run keeps what it has scored).
     """
-    threshold = float(model.config.decision_threshold)
     if explain_dir:
         os.makedirs(explain_dir, exist_ok=True)
-    results: List[ItemResult] = []
-    unfinished: List[int] = []  # per result, its volumes not yet finished
-    open_volumes: List[Tuple[int, OpenVolume]] = []  # (result index, volume), in item order
-    pending: List[Tuple[OpenVolume, int, torch.Tensor]] = []
-    reported = 0
-
-    def report_finished():
-        nonlocal reported
-        while reported < len(results) and unfinished[reported] == 0:
-            if on_result is not None:
-                on_result(results[reported])
-            reported += 1
-
-    def run_batch():
-        probabilities = forward_probabilities(model, torch.stack([pixels for _, _, pixels in pending]))
-        for (volume, index, _), probability in zip(pending, probabilities, strict=True):
-            volume.probabilities[index] = probability
-            volume.remaining -= 1
-        pending.clear()
-        finish_scored()
-
-    def finish_scored():
-        while open_volumes and open_volumes[0][1].remaining == 0:  # finish in order, as soon as scored
-            number, volume = open_volumes.pop(0)
-            volume_row = _finish(volume, model, processor, threshold, explain_dir)
-            if volume_row is not None:
-                results[number].series_rows.append(volume_row)
-            unfinished[number] -= 1
-        report_finished()
-
+    scheduler = BatchScheduler(model, processor, batch_size, explain_dir, on_result)
     for item in tqdm(items, desc="predict", unit="item", disable=not progress):
-        result, volumes = open_item(item, processor)
-        results.append(result)
-        unfinished.append(len(volumes))
-        for message in result.messages:
-            print(message, file=sys.stderr)
-        for volume in volumes:
-            open_volumes.append((len(results) - 1, volume))
-            for start, pixel_values in pixel_chunks(volume, processor, batch_size):
-                for offset, pixels in enumerate(pixel_values):
-                    pending.append((volume, start + offset, pixels))
-                    if len(pending) == batch_size:
-                        run_batch()
-        report_finished()
-    if pending:
-        run_batch()
-    finish_scored()
-    return results
+        scheduler.add_item(item)
+    return scheduler.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:
