@@ -447,6 +447,30 @@ def test_slices_of_consecutive_items_share_forward_passes_and_each_item_is_repor
         assert [row["series"] for row in result.series_rows] == [volume.key]
 
 
+def test_a_zip_of_two_series_is_reported_once_both_are_scored(pacs_export, tiny_model_dir, tmp_path):
+    """One slice a forward pass: the zip's first series is finished while its second is still being
+    scored, and the zip's result is handed on once, with both series rows, after the last pass."""
+    from modeling.predict import plan_work, predict_items
+
+    study = tmp_path / "study.zip"
+    with zipfile.ZipFile(study, "w") as archive:
+        for path in sorted(pacs_export.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(pacs_export).as_posix())
+    model, processor = tiny_model(), CTImageProcessor.from_pretrained(tiny_model_dir)
+    passes, series_rows_when_reported = [], []
+    real_forward = model.forward
+
+    def counting_forward(pixel_values, *args, **kwargs):
+        passes.append(len(pixel_values))
+        return real_forward(pixel_values, *args, **kwargs)
+
+    model.forward = counting_forward
+    predict_items(plan_work([str(study)]), model, processor, batch_size=1, progress=False,
+                  on_result=lambda result: series_rows_when_reported.append((len(passes), len(result.series_rows))))
+    assert passes == [1] * 11 and series_rows_when_reported == [(11, 2)]  # series of 8 and 3 slices
+
+
 def _jet_heat(panel_rgb: np.ndarray, grey: np.ndarray) -> np.ndarray:
     """Undo `explain.overlay` (0.6 grey + 0.4 jet colour): the map's value `(H, W)` at each pixel, by the
     nearest of 256 jet colours to what is left once the grey slice is taken out."""
