@@ -70,12 +70,19 @@ from .work_plan import WorkItem, plan_work
 from .work_reading import OpenVolume, hu_warning, open_item, pixel_chunks
 
 TOP_SLICES_EXPLAINED = 3
+DEFAULT_BATCH_SIZE = 16  # slices per forward pass, as in inference.score_volume: any GPU holds 16 at 224 px
+# Explanation names are zero-padded so that a folder listing sorts them by work item, then slice.
+ITEM_NUMBER_DIGITS = 5
+SLICE_INDEX_DIGITS = 4
+PATH_HASH_CHARS = 10  # 40 bits of the path's SHA-1 tie a name to its row without making it long
+CURVE_DPI = 100  # inference.probability_curve's 7 x 2.8 in figure as a 700 x 280 px PNG
 
 
 def explanation_name(item_index: int, slice_index: int, path: str) -> str:
     """PNG name from the work item's number, the slice index and a hash of the path: never a file or folder
     name, which may hold a patient's."""
-    return f"{item_index:05d}_{slice_index:04d}_{hashlib.sha1(path.encode('utf-8')).hexdigest()[:10]}.png"
+    path_hash = hashlib.sha1(path.encode("utf-8")).hexdigest()[:PATH_HASH_CHARS]
+    return f"{item_index:0{ITEM_NUMBER_DIGITS}d}_{slice_index:0{SLICE_INDEX_DIGITS}d}_{path_hash}.png"
 
 
 def _finish_volume(volume: OpenVolume, model, processor, threshold: float, explain_dir: Optional[str]):
@@ -121,9 +128,9 @@ def _write_explanations(volume: OpenVolume, model, processor, threshold: float, 
                                   gradcam_title(model.config))
         Image.fromarray(panel).save(os.path.join(explain_dir, row["explanation"]))
     if volume.volume is not None and len(probabilities) > 1:
-        name = f"{volume.item.index:05d}_{volume.volume.key}_probability.png"
+        name = f"{volume.item.index:0{ITEM_NUMBER_DIGITS}d}_{volume.volume.key}_probability.png"
         figure = probability_curve(volume.volume.positions_mm, probabilities, threshold, f"series {volume.volume.key}")
-        figure.savefig(os.path.join(explain_dir, name), dpi=100)
+        figure.savefig(os.path.join(explain_dir, name), dpi=CURVE_DPI)
 
 
 class BatchScheduler:
@@ -199,7 +206,7 @@ def predict_items(
     model,
     processor,
     explain_dir: Optional[str] = None,
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
     on_result: Optional[Callable[[ItemResult], None]] = None,
 ) -> List[ItemResult]:
@@ -234,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--images", action="store_true", help="also read PNG/JPEG/TIFF as already-windowed slices (HU not checked)"
     )
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"slices per forward pass (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     return parser
 

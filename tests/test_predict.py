@@ -488,6 +488,7 @@ def test_explanation_panels_put_the_map_on_the_anatomy_the_model_saw(tmp_path):
     slice. The model looks only under last-stage cell (1, 3) of its grid, where the lesion is."""
     from conftest import GATED_SIZE, region_gated_model
 
+    from modeling.inference import PANEL_GAP, PANEL_TOP
     from modeling.predict import plan_work, predict_items
 
     model = region_gated_model((1, 3))
@@ -503,9 +504,9 @@ def test_explanation_panels_put_the_map_on_the_anatomy_the_model_saw(tmp_path):
     predict_items(plan_work([str(tmp_path / "slice.dcm")]), model, processor, str(explained), progress=False)
     (name,) = [path.name for path in explained.glob("*.png")]
     panel = np.asarray(Image.open(explained / name).convert("RGB"))
-    gap, top = 8, 36  # inference.explanation_panel's layout: three panels under two caption lines
-    width = (panel.shape[1] - 2 * gap) // 3
-    ct, gradcam = panel[top:, :width], panel[top:, 2 * (width + gap) : 2 * (width + gap) + width]
+    width = (panel.shape[1] - 2 * PANEL_GAP) // 3  # inference.explanation_panel's layout: three panels
+    gradcam_left = 2 * (width + PANEL_GAP)
+    ct, gradcam = panel[PANEL_TOP:, :width], panel[PANEL_TOP:, gradcam_left : gradcam_left + width]
     grey = ct[..., 0]
     lesion = np.argwhere(grey > 0.9 * grey.max()).mean(axis=0)
     heat = _jet_heat(gradcam, grey)
