@@ -33,6 +33,9 @@ which. Usage errors and crashes still exit non-zero.
 No patient names or IDs are written: the CSVs hold paths as given and a series key (a salted hash,
 never the UID); explanation images are named by the work item's number, the slice index and a hash.
 
+The work is planned by `modeling.work_plan`, each item read by `modeling.work_reading`, its slices
+batched across items by `BatchScheduler` here, and the rows written by `modeling.prediction_csv`.
+
 Not imported by the model files: it needs matplotlib, tqdm and accelerate, which remote code must not.
 """
 
