@@ -29,6 +29,10 @@ from .image_processing_ct import resize_slice
 
 GRID_LEVELS = 65535  # model_grid stores [0, 1] in uint16
 PANEL_MIN_WIDTH = 256  # explanation panels are enlarged to this width so their captions fit small slices
+PANEL_GAP = 8  # white columns between side-by-side panels, so that their edges stay apart
+CAPTION_LINE = 16  # pixels a caption line takes: PIL's default font draws about 12 px, descenders included
+CAPTION_INSET = (4, 2)  # (x, y) of a caption's text within its line, off the panel's edge
+PANEL_TOP = 2 * (CAPTION_LINE + CAPTION_INSET[1])  # the probability line and the panel titles above the panels
 
 
 def probabilities_from_logits(logits: torch.Tensor) -> np.ndarray:
@@ -151,14 +155,13 @@ def explanation_panel(shown: np.ndarray, attention, gradcam, probability: float,
         panels.append(("spatial attention", overlay(shown, attention)))
     panels.append((gradcam_label, overlay(shown, gradcam)))
     height, width = grey.shape
-    gap, line = 8, 16
-    canvas = Image.new("RGB", (len(panels) * width + (len(panels) - 1) * gap, height + 2 * line + 4), "white")
+    canvas = Image.new("RGB", (len(panels) * width + (len(panels) - 1) * PANEL_GAP, height + PANEL_TOP), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((4, 2), f"P(metastatic) = {probability:.3f}", fill="black")
+    draw.text(CAPTION_INSET, f"P(metastatic) = {probability:.3f}", fill="black")
     for index, (title, array) in enumerate(panels):
-        left = index * (width + gap)
-        draw.text((left + 4, line + 2), title, fill="black")
-        canvas.paste(Image.fromarray(array), (left, 2 * line + 4))
+        left = index * (width + PANEL_GAP)
+        draw.text((left + CAPTION_INSET[0], CAPTION_LINE + CAPTION_INSET[1]), title, fill="black")
+        canvas.paste(Image.fromarray(array), (left, PANEL_TOP))
     return np.asarray(canvas)
 
 

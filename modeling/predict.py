@@ -33,274 +33,83 @@ which. Usage errors and crashes still exit non-zero.
 No patient names or IDs are written: the CSVs hold paths as given and a series key (a salted hash,
 never the UID); explanation images are named by the work item's number, the slice index and a hash.
 
+The work is planned by `modeling.work_plan`, each item read by `modeling.work_reading`, its slices
+batched across items by `BatchScheduler` here, and the rows written by `modeling.prediction_csv`.
+
 Not imported by the model files: it needs matplotlib, tqdm and accelerate, which remote code must not.
 """
 
 import argparse
-import csv
 import dataclasses
 import hashlib
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from collections import deque
+from typing import Callable, Deque, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .ct_dicom import read_ct_hu
-from .ct_volume import (
-    CTVolume,
-    DicomSeries,
-    find_files,
-    group_dicom_series,
-    is_volume_file,
-    load_dicom_series,
-    read_ct_volumes,
-    skip_warning,
-)
 from .explain import explain, gradcam_title
-from .image_processing_ct import IMAGE_SUFFIXES
 from .inference import (
     decision,
     display_slice,
     explanation_panel,
     forward_probabilities,
     probability_curve,
-    volume_slices,
 )
+from .prediction_csv import (
+    CSV_COLUMNS,
+    POSITION_MM_FORMAT,
+    PROBABILITY_FORMAT,
+    SERIES_COLUMNS,
+    ItemResult,
+    ResultWriter,
+    series_row,
+)
+from .work_plan import WorkItem, plan_work
+from .work_reading import OpenVolume, hu_warning, open_item, pixel_chunks
 
-CSV_COLUMNS = (
-    "path", "status", "probability", "label", "error", "warning", "explanation", "series", "slice_index", "z_mm"
-)
-SERIES_COLUMNS = (
-    "source", "series", "n_slices", "probability", "top_slice_index", "top_z_mm", "label", "status", "error"
-)
 TOP_SLICES_EXPLAINED = 3
-# Bulk of a calibrated CT slice: air at about -1000 HU up to dense bone and contrast.
-CT_RANGE_HU = (-1100.0, 3500.0)
-
-
-def hu_warning(hu: np.ndarray, rescaled: bool = True) -> str:
-    """A one-line warning when the pixel values do not look like calibrated Hounsfield units, else "".
-
-    `rescaled`: whether the file said how to calibrate (RescaleIntercept). The constant fill outside the
-    scan circle (often -2048 or -3024 HU) is left out of the check.
-    """
-    if not rescaled and hu.min() >= 0:
-        return "no RescaleIntercept and no negative values: pixel values may be raw, not calibrated HU"
-    body = hu[hu != hu.min()] if hu.min() < CT_RANGE_HU[0] else hu
-    if body.size == 0:
-        return "the image is one constant value"
-    outside = np.mean((body < CT_RANGE_HU[0]) | (body > CT_RANGE_HU[1]))
-    if outside > 0.05:
-        return (
-            f"{outside:.0%} of pixels outside [{CT_RANGE_HU[0]:.0f}, {CT_RANGE_HU[1]:.0f}] HU: "
-            "check RescaleSlope/RescaleIntercept"
-        )
-    return ""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Planning: the same list of work items in every process
-
-
-@dataclass
-class WorkItem:
-    """One piece of work: a DICOM `series`, a `volume_file` (zip or NIfTI), an `image` file, or a file
-    `refused` from its header alone. `source` is the PATH argument (a file's folder for file arguments)."""
-
-    kind: str
-    source: str
-    path: str = ""
-    series: Optional[DicomSeries] = None
-    reason: str = ""
-    index: int = 0
-
-
-def plan_work(paths: Sequence[str], images: bool = False) -> List[WorkItem]:
-    """Find the files under `paths` and group them into work items, in the order of their first file."""
-    files, sources = [], []
-    for path in paths:
-        found = find_files([path])
-        files += found
-        sources += [path if os.path.isdir(path) else (os.path.dirname(path) or ".")] * len(found)
-    first_index: Dict[str, int] = {}
-    for index, path in enumerate(files):
-        first_index.setdefault(path, index)
-    ordered: List[Tuple[int, WorkItem]] = []
-    dicom_files = []
-    for index, (path, source) in enumerate(zip(files, sources, strict=True)):
-        if first_index[path] != index:
-            continue  # named twice (a file and its folder)
-        suffix = os.path.splitext(path)[1].lower()
-        if is_volume_file(path):
-            ordered.append((index, WorkItem("volume_file", path, path=path)))
-        elif suffix in IMAGE_SUFFIXES and images:
-            ordered.append((index, WorkItem("image", source, path=path)))
-        elif suffix in IMAGE_SUFFIXES:
-            reason = f"not a DICOM file ({suffix} image; --images reads already-windowed images)"
-            ordered.append((index, WorkItem("refused", source, path=path, reason=reason)))
-        else:
-            dicom_files.append(path)
-    series, skipped = group_dicom_series(dicom_files)
-    for group in series:
-        first = min(first_index[path] for path in group.paths + [name for name, _ in group.skipped])
-        ordered.append((first, WorkItem("series", sources[first], series=group)))
-    for path, reason in skipped:
-        ordered.append((first_index[path], WorkItem("refused", sources[first_index[path]], path=path, reason=reason)))
-    ordered.sort(key=lambda pair: pair[0])
-    return [dataclasses.replace(item, index=number) for number, (_, item) in enumerate(ordered)]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Scoring
-
-
-def _slice_row(**values) -> dict:
-    row = dict.fromkeys(CSV_COLUMNS, "")
-    row.update(values)
-    return row
-
-
-def _series_row(**values) -> dict:
-    row = dict.fromkeys(SERIES_COLUMNS, "")
-    row.update(values)
-    return row
-
-
-@dataclass
-class _Volume:
-    """A volume being scored: its slice rows, where its pixels come from, and its probabilities so far."""
-
-    item: WorkItem
-    volume: Optional[CTVolume]  # None for an already-windowed image file
-    rows: List[dict]
-    image_path: str = ""
-    probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    remaining: int = 0
-
-
-@dataclass
-class ItemResult:
-    """What one work item adds to the two CSVs."""
-
-    slice_rows: List[dict] = field(default_factory=list)
-    series_rows: List[dict] = field(default_factory=list)
-    messages: List[str] = field(default_factory=list)
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
-
-
-def _open_item(item: WorkItem, processor) -> Tuple[ItemResult, List[_Volume]]:
-    """Read a work item: its refusals as rows, and the volumes (with one row per slice) left to score."""
-    result = ItemResult()
-    if item.kind == "refused":
-        result.slice_rows.append(_slice_row(path=item.path, status="error", error=item.reason))
-        return result, []
-    if item.kind == "image":
-        try:
-            processor.to_unit_range(item.path)
-        except (ValueError, OSError) as error:
-            result.slice_rows.append(_slice_row(path=item.path, status="error", error=_first_line(error)))
-            return result, []
-        warning = "image file, not DICOM: read as an already-windowed slice; HU not checked"
-        result.slice_rows.append(_slice_row(path=item.path, status="ok", warning=warning))
-        return result, [_Volume(item, None, result.slice_rows[:], image_path=item.path)]
-    try:
-        volumes = [load_dicom_series(item.series)] if item.kind == "series" else read_ct_volumes(item.path)
-    except (ValueError, ImportError) as error:
-        if item.kind == "series":
-            key = item.series.key
-            refusals = [(path, _refusal(path)) for path in item.series.paths] + list(item.series.skipped)
-        else:
-            key, refusals = "", [(item.path, _first_line(error))]
-        result.slice_rows += [
-            _slice_row(path=path, status="error", error=reason, series=key) for path, reason in refusals
-        ]
-        result.series_rows.append(
-            _series_row(source=item.source, series=key, n_slices=0, status="error", error=_first_line(error))
-        )
-        return result, []
-
-    def file_path(name: str) -> str:
-        """A slice's file as the user can find it: DICOM paths as given, zip members inside the zip's path."""
-        if item.kind == "series":
-            return name or item.source  # no single file: a slice across a sagittal or coronal series
-        return os.path.join(item.path, name) if name else item.path
-
-    opened, refusals = [], {}
-    for volume in volumes:
-        rescaled = "rescale_intercept" in volume.technical or volume.technical.get("format") == "NIfTI"
-        skipped_lines = {skip_warning(name, reason) for name, reason in volume.skipped}
-        geometry = [warning for warning in volume.warnings if warning not in skipped_lines]
-        result.messages += [f"{item.source}: series {volume.key}: {warning}" for warning in geometry]
-        rows = []
-        for index, name in enumerate(volume.slice_names):
-            warning = "; ".join(filter(None, [hu_warning(volume.hu[index], rescaled), *geometry]))
-            z_mm = f"{volume.positions_mm[index]:.2f}"
-            rows.append(_slice_row(path=file_path(name), status="ok", warning=warning, series=volume.key,
-                                   slice_index=index, z_mm=z_mm))
-        result.slice_rows += rows
-        opened.append(_Volume(item, volume, rows))
-        for name, reason in volume.skipped:  # a zip's skipped files are noted in each of its volumes: one row each
-            key = "" if (name, reason) in volume.source_skipped else volume.key  # a localizer is no series'
-            refusals.setdefault(file_path(name), (reason, key))
-    result.slice_rows += [
-        _slice_row(path=path, status="error", error=reason, series=key) for path, (reason, key) in refusals.items()
-    ]
-    return result, opened
-
-
-def _refusal(path: str) -> str:
-    """Why `path` could not be read as a CT slice (for the rows of a series none of whose slices could)."""
-    try:
-        read_ct_hu(path)
-    except ValueError as error:
-        return _first_line(error)
-    return "not read with its series"
-
-
-def _pixel_chunks(volume: _Volume, processor, chunk: int):
-    """`(first slice index, pixel_values (n, 3, S, S))` over the volume, `chunk` slices at a time."""
-    if volume.volume is None:
-        yield 0, processor(volume.image_path, return_tensors="pt")["pixel_values"]
-        return
-    for start in range(0, volume.volume.hu.shape[0], chunk):
-        yield start, processor(volume_slices(volume.volume, start, start + chunk), return_tensors="pt")["pixel_values"]
+DEFAULT_BATCH_SIZE = 16  # slices per forward pass, as in inference.score_volume: any GPU holds 16 at 224 px
+# Explanation names are zero-padded so that a folder listing sorts them by work item, then slice.
+ITEM_NUMBER_DIGITS = 5
+SLICE_INDEX_DIGITS = 4
+PATH_HASH_CHARS = 10  # 40 bits of the path's SHA-1 tie a name to its row without making it long
+CURVE_DPI = 100  # inference.probability_curve's 7 x 2.8 in figure as a 700 x 280 px PNG
 
 
 def explanation_name(item_index: int, slice_index: int, path: str) -> str:
     """PNG name from the work item's number, the slice index and a hash of the path: never a file or folder
     name, which may hold a patient's."""
-    return f"{item_index:05d}_{slice_index:04d}_{hashlib.sha1(path.encode('utf-8')).hexdigest()[:10]}.png"
+    path_hash = hashlib.sha1(path.encode("utf-8")).hexdigest()[:PATH_HASH_CHARS]
+    return f"{item_index:0{ITEM_NUMBER_DIGITS}d}_{slice_index:0{SLICE_INDEX_DIGITS}d}_{path_hash}.png"
 
 
-def _finish(volume: _Volume, model, processor, threshold: float, explain_dir: Optional[str]):
+def _finish_volume(volume: OpenVolume, model, processor, threshold: float, explain_dir: Optional[str]):
     """Fill a scored volume's rows and its series row, write its explanations; returns the series row."""
     probabilities = volume.probabilities
     for row, probability in zip(volume.rows, probabilities, strict=True):
-        row.update(probability=f"{probability:.6f}", label=decision(probability, threshold))
+        row.update(probability=format(probability, PROBABILITY_FORMAT), label=decision(probability, threshold))
     top = int(np.argmax(probabilities))
-    series_row = None
+    volume_row = None
     if volume.volume is not None:
         z_mm = volume.volume.positions_mm
-        series_row = _series_row(
+        volume_row = series_row(
             source=volume.item.source, series=volume.volume.key, n_slices=len(probabilities),
-            probability=f"{probabilities[top]:.6f}", top_slice_index=top, top_z_mm=f"{z_mm[top]:.2f}",
+            probability=format(probabilities[top], PROBABILITY_FORMAT), top_slice_index=top,
+            top_z_mm=format(z_mm[top], POSITION_MM_FORMAT),
             label=decision(probabilities[top], threshold), status="ok",
         )
     if explain_dir:
         _write_explanations(volume, model, processor, threshold, explain_dir)
     volume.volume = None  # the HU are no longer needed
-    return series_row
+    return volume_row
 
 
-def _write_explanations(volume: _Volume, model, processor, threshold: float, explain_dir: str) -> None:
+def _write_explanations(volume: OpenVolume, model, processor, threshold: float, explain_dir: str) -> None:
     """Panels of the volume's most suspicious slices, each map on the slice it belongs to
     (`inference.display_slice`), and its probability-vs-z plot."""
     probabilities = volume.probabilities
@@ -322,9 +131,77 @@ def _write_explanations(volume: _Volume, model, processor, threshold: float, exp
                                   gradcam_title(model.config))
         Image.fromarray(panel).save(os.path.join(explain_dir, row["explanation"]))
     if volume.volume is not None and len(probabilities) > 1:
-        name = f"{volume.item.index:05d}_{volume.volume.key}_probability.png"
+        name = f"{volume.item.index:0{ITEM_NUMBER_DIGITS}d}_{volume.volume.key}_probability.png"
         figure = probability_curve(volume.volume.positions_mm, probabilities, threshold, f"series {volume.volume.key}")
-        figure.savefig(os.path.join(explain_dir, name), dpi=100)
+        figure.savefig(os.path.join(explain_dir, name), dpi=CURVE_DPI)
+
+
+class BatchScheduler:
+    """Slices of consecutive work items scored together in forward passes of `batch_size`, and each
+    item's result handed to `on_result` in item order as soon as all of its slices are scored.
+
+    `add_item` reads an item and queues its slices, running a forward pass whenever `batch_size` are
+    queued; `flush` scores what is left and returns every item's result.
+    """
+
+    def __init__(self, model, processor, batch_size: int, explain_dir: Optional[str],
+                 on_result: Optional[Callable[[ItemResult], None]]):
+        self.model, self.processor, self.batch_size = model, processor, batch_size
+        self.explain_dir, self.on_result = explain_dir, on_result
+        self.threshold = float(model.config.decision_threshold)
+        self.results: List[ItemResult] = []
+        self.pending: List[Tuple[OpenVolume, int, torch.Tensor]] = []  # (volume, slice index, pixel values)
+        self.open_volumes: Deque[Tuple[int, OpenVolume]] = deque()  # (result index, volume), in item order
+        self.reported = 0  # results handed to on_result so far
+
+    def add_item(self, item: WorkItem) -> None:
+        result, volumes = open_item(item, self.processor)
+        self.results.append(result)
+        for message in result.messages:
+            print(message, file=sys.stderr)
+        # every volume of the item is open before any of its slices is scored, so that the item is not
+        # reported when its first volume is finished and the next not yet read
+        self.open_volumes.extend((len(self.results) - 1, volume) for volume in volumes)
+        for volume in volumes:
+            for start, pixel_values in pixel_chunks(volume, self.processor, self.batch_size):
+                for offset, pixels in enumerate(pixel_values):
+                    self.pending.append((volume, start + offset, pixels))
+                    if len(self.pending) == self.batch_size:
+                        self.run_batch()
+        self._report_finished()
+
+    def run_batch(self) -> None:
+        """One forward pass over the queued slices, then finish the volumes it completed."""
+        probabilities = forward_probabilities(self.model, torch.stack([pixels for _, _, pixels in self.pending]))
+        for (volume, index, _), probability in zip(self.pending, probabilities, strict=True):
+            volume.probabilities[index] = probability
+            volume.remaining -= 1
+        self.pending.clear()
+        self.finish_scored()
+
+    def finish_scored(self) -> None:
+        """Finish the scored volumes at the front of the queue (in item order), then report their items."""
+        while self.open_volumes and self.open_volumes[0][1].remaining == 0:
+            number, volume = self.open_volumes.popleft()
+            volume_row = _finish_volume(volume, self.model, self.processor, self.threshold, self.explain_dir)
+            if volume_row is not None:
+                self.results[number].series_rows.append(volume_row)
+        self._report_finished()
+
+    def flush(self) -> List[ItemResult]:
+        """Score the slices still queued; every item's result, in item order."""
+        if self.pending:
+            self.run_batch()
+        self.finish_scored()
+        return self.results
+
+    def _report_finished(self) -> None:
+        """Hand on each result before the first open volume's: volumes finish in item order."""
+        finished = self.open_volumes[0][0] if self.open_volumes else len(self.results)
+        for result in self.results[self.reported : finished]:
+            if self.on_result is not None:
+                self.on_result(result)
+            self.reported += 1
 
 
 def predict_items(
@@ -332,7 +209,7 @@ def predict_items(
     model,
     processor,
     explain_dir: Optional[str] = None,
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
     on_result: Optional[Callable[[ItemResult], None]] = None,
 ) -> List[ItemResult]:
@@ -341,97 +218,12 @@ def predict_items(
     `on_result` is called with each item's result, in item order, as soon as all of its slices are
     scored (a CSV writer, so that an interrupted run keeps what it has scored).
     """
-    threshold = float(model.config.decision_threshold)
     if explain_dir:
         os.makedirs(explain_dir, exist_ok=True)
-    results: List[ItemResult] = []
-    unfinished: List[int] = []  # per result, its volumes not yet finished
-    open_volumes: List[Tuple[int, _Volume]] = []  # (result index, volume), in item order
-    pending: List[Tuple[_Volume, int, torch.Tensor]] = []
-    reported = 0
-
-    def report_finished():
-        nonlocal reported
-        while reported < len(results) and unfinished[reported] == 0:
-            if on_result is not None:
-                on_result(results[reported])
-            reported += 1
-
-    def run_batch():
-        probabilities = forward_probabilities(model, torch.stack([pixels for _, _, pixels in pending]))
-        for (volume, index, _), probability in zip(pending, probabilities, strict=True):
-            volume.probabilities[index] = probability
-            volume.remaining -= 1
-        pending.clear()
-        finish_scored()
-
-    def finish_scored():
-        while open_volumes and open_volumes[0][1].remaining == 0:  # finish in order, as soon as scored
-            number, volume = open_volumes.pop(0)
-            series_row = _finish(volume, model, processor, threshold, explain_dir)
-            if series_row is not None:
-                results[number].series_rows.append(series_row)
-            unfinished[number] -= 1
-        report_finished()
-
+    scheduler = BatchScheduler(model, processor, batch_size, explain_dir, on_result)
     for item in tqdm(items, desc="predict", unit="item", disable=not progress):
-        result, volumes = _open_item(item, processor)
-        results.append(result)
-        unfinished.append(len(volumes))
-        for message in result.messages:
-            print(message, file=sys.stderr)
-        for volume in volumes:
-            volume.probabilities = np.zeros(len(volume.rows))
-            volume.remaining = len(volume.rows)
-            open_volumes.append((len(results) - 1, volume))
-            for start, pixel_values in _pixel_chunks(volume, processor, batch_size):
-                for offset, pixels in enumerate(pixel_values):
-                    pending.append((volume, start + offset, pixels))
-                    if len(pending) == batch_size:
-                        run_batch()
-        report_finished()
-    if pending:
-        run_batch()
-    finish_scored()
-    return results
-
-
-class ResultWriter:
-    """SLICES.csv (and SERIES.csv when a path is given), a header first and each item's rows as it is
-    written, flushed: a run that stops half-way (interrupted, out of memory) leaves what it scored."""
-
-    def __init__(self, slices_path: str, series_path: Optional[str] = None):
-        self.handles, self.writers = [], []
-        try:
-            for path, columns in ((slices_path, CSV_COLUMNS), (series_path, SERIES_COLUMNS)):
-                if path is None:
-                    self.writers.append(None)
-                    continue
-                handle = open(path, "w", newline="")
-                self.handles.append(handle)
-                self.writers.append(csv.DictWriter(handle, fieldnames=columns))
-                self.writers[-1].writeheader()
-                handle.flush()
-        except BaseException:  # the second file cannot be opened: the first is not left open
-            self.close()
-            raise
-
-    def write(self, result: ItemResult) -> None:
-        for writer, rows in zip(self.writers, (result.slice_rows, result.series_rows), strict=True):
-            if writer is not None:
-                writer.writerows(rows)
-        for handle in self.handles:
-            handle.flush()
-
-    def __enter__(self) -> "ResultWriter":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.close()
+        scheduler.add_item(item)
+    return scheduler.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -452,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--images", action="store_true", help="also read PNG/JPEG/TIFF as already-windowed slices (HU not checked)"
     )
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"slices per forward pass (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     return parser
 
@@ -512,6 +305,9 @@ def under_launcher() -> bool:
     """Whether this process was started by `accelerate launch` (which sets its ACCELERATE_* settings
     for every launcher) or by torchrun, either of which reports a non-zero status as a traceback."""
     return "ACCELERATE_MIXED_PRECISION" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+
+
+__all__ = ["CSV_COLUMNS", "SERIES_COLUMNS", "ResultWriter", "hu_warning", "main", "plan_work", "predict_items"]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from modeling.ct_dicom import read_ct_hu
 from modeling.ct_volume import read_ct_volumes
 from modeling.inference import score_volume
 from modeling.predict import hu_warning, main
+from modeling.work_plan import WorkKind
 from training.dicom_writer import ct_dataset, write_ct_dicom, write_ct_nifti, write_ct_series
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -385,7 +386,7 @@ def test_rows_reach_the_csvs_as_items_finish_so_an_interrupted_run_keeps_them(pa
 
     _, all_slices, all_series = run_series([pacs_export], tiny_model_dir, tmp_path, "--batch-size", "1")
     items = predict_module.plan_work([str(pacs_export)])
-    real_open_item, opened = predict_module._open_item, []
+    real_open_item, opened = predict_module.open_item, []
 
     def open_item(item, processor):
         if len(opened) == 2:
@@ -393,16 +394,81 @@ def test_rows_reach_the_csvs_as_items_finish_so_an_interrupted_run_keeps_them(pa
         opened.append(item)
         return real_open_item(item, processor)
 
-    monkeypatch.setattr(predict_module, "_open_item", open_item)
+    monkeypatch.setattr(predict_module, "open_item", open_item)
     (tmp_path / "stopped").mkdir()
     with pytest.raises(KeyboardInterrupt):
         run_series([pacs_export], tiny_model_dir, tmp_path / "stopped", "--batch-size", "1")
 
     slices, series = read_rows(tmp_path / "stopped" / "slices.csv"), read_rows(tmp_path / "stopped" / "series.csv")
-    n_series = sum(item.kind != "refused" for item in items[:2])
-    n_slices = sum(len(item.series.paths) if item.kind == "series" else 1 for item in items[:2])
+    n_series = sum(item.kind is not WorkKind.REFUSED for item in items[:2])
+    n_slices = sum(len(item.series.paths) if item.kind is WorkKind.SERIES else 1 for item in items[:2])
     assert 0 < len(slices) == n_slices < len(all_slices) and len(series) == n_series
     assert slices == all_slices[:n_slices] and series == all_series[:n_series]
+
+
+def test_slices_of_consecutive_items_share_forward_passes_and_each_item_is_reported_once_scored(tmp_path):
+    """Series of 5, 1 and 7 slices with a refused file between the first two, batch size 4: 13 slices in
+    forward passes of 4, 4, 4 and 1. The first series' last slice shares the second pass with the one-slice
+    series and the third's first two, so the first three items are reported after it, the third series
+    after the last pass, in item order; each slice scores as it does on its own."""
+    from modeling.predict import plan_work, predict_items
+
+    for seed, (name, slices) in enumerate((("a", 5), ("b", 1), ("c", 7))):
+        write_ct_series(tmp_path / name, series_hu(seed, slices), (2.0, 0.8, 0.8))
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    model, processor = tiny_model(), CTImageProcessor(size=TINY_SIZE)
+    batch_sizes, passes_when_reported = [], []
+    real_forward = model.forward
+
+    def counting_forward(pixel_values, *args, **kwargs):
+        batch_sizes.append(len(pixel_values))
+        return real_forward(pixel_values, *args, **kwargs)
+
+    model.forward = counting_forward
+    items = plan_work([str(tmp_path / name) for name in ("a", "notes.txt", "b", "c")])
+    reported = []
+
+    def on_result(result):
+        reported.append(result)
+        passes_when_reported.append(len(batch_sizes))
+
+    results = predict_items(items, model, processor, batch_size=4, progress=False, on_result=on_result)
+
+    assert batch_sizes == [4, 4, 4, 1]
+    assert passes_when_reported == [2, 2, 2, 4]
+    assert len(reported) == len(results) == 4 and all(one is two for one, two in zip(reported, results, strict=True))
+    assert [len(result.slice_rows) for result in results] == [5, 1, 1, 7]
+    assert [row["error"] for row in results[1].slice_rows] == ["not a DICOM file (no DICM header)"]
+    model.forward = real_forward
+    for result, name in zip((results[0], results[2], results[3]), ("a", "b", "c"), strict=True):
+        (volume,) = read_ct_volumes(tmp_path / name)
+        expected = score_volume(model, processor, volume)
+        assert [float(row["probability"]) for row in result.slice_rows] == pytest.approx(list(expected), abs=1e-5)
+        assert [row["series"] for row in result.series_rows] == [volume.key]
+
+
+def test_a_zip_of_two_series_is_reported_once_both_are_scored(pacs_export, tiny_model_dir, tmp_path):
+    """One slice a forward pass: the zip's first series is finished while its second is still being
+    scored, and the zip's result is handed on once, with both series rows, after the last pass."""
+    from modeling.predict import plan_work, predict_items
+
+    study = tmp_path / "study.zip"
+    with zipfile.ZipFile(study, "w") as archive:
+        for path in sorted(pacs_export.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(pacs_export).as_posix())
+    model, processor = tiny_model(), CTImageProcessor.from_pretrained(tiny_model_dir)
+    passes, series_rows_when_reported = [], []
+    real_forward = model.forward
+
+    def counting_forward(pixel_values, *args, **kwargs):
+        passes.append(len(pixel_values))
+        return real_forward(pixel_values, *args, **kwargs)
+
+    model.forward = counting_forward
+    predict_items(plan_work([str(study)]), model, processor, batch_size=1, progress=False,
+                  on_result=lambda result: series_rows_when_reported.append((len(passes), len(result.series_rows))))
+    assert passes == [1] * 11 and series_rows_when_reported == [(11, 2)]  # series of 8 and 3 slices
 
 
 def _jet_heat(panel_rgb: np.ndarray, grey: np.ndarray) -> np.ndarray:
@@ -422,6 +488,7 @@ def test_explanation_panels_put_the_map_on_the_anatomy_the_model_saw(tmp_path):
     slice. The model looks only under last-stage cell (1, 3) of its grid, where the lesion is."""
     from conftest import GATED_SIZE, region_gated_model
 
+    from modeling.inference import PANEL_GAP, PANEL_TOP
     from modeling.predict import plan_work, predict_items
 
     model = region_gated_model((1, 3))
@@ -437,9 +504,9 @@ def test_explanation_panels_put_the_map_on_the_anatomy_the_model_saw(tmp_path):
     predict_items(plan_work([str(tmp_path / "slice.dcm")]), model, processor, str(explained), progress=False)
     (name,) = [path.name for path in explained.glob("*.png")]
     panel = np.asarray(Image.open(explained / name).convert("RGB"))
-    gap, top = 8, 36  # inference.explanation_panel's layout: three panels under two caption lines
-    width = (panel.shape[1] - 2 * gap) // 3
-    ct, gradcam = panel[top:, :width], panel[top:, 2 * (width + gap) : 2 * (width + gap) + width]
+    width = (panel.shape[1] - 2 * PANEL_GAP) // 3  # inference.explanation_panel's layout: three panels
+    gradcam_left = 2 * (width + PANEL_GAP)
+    ct, gradcam = panel[PANEL_TOP:, :width], panel[PANEL_TOP:, gradcam_left : gradcam_left + width]
     grey = ct[..., 0]
     lesion = np.argwhere(grey > 0.9 * grey.max()).mean(axis=0)
     heat = _jet_heat(gradcam, grey)
