@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import warnings
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -113,24 +113,44 @@ def _count(ds: "pydicom.Dataset", keyword: str) -> int:
         raise ValueError(f"unreadable {keyword}") from None
 
 
-def check_ct_slice(ds: "pydicom.Dataset", frame: Optional[int] = None) -> None:
-    """Raise a one-line `ValueError` unless `ds` is a single greyscale CT image with pixels."""
+def image_type(ds: "pydicom.Dataset") -> List[str]:
+    """The values of ImageType, upper case (a damaged file may hold them as one backslash-separated str)."""
+    value = ds.get("ImageType") or []
+    return [str(item).upper() for item in (value if not isinstance(value, str) else value.split("\\"))]
+
+
+def ct_header_refusal(ds: "pydicom.Dataset", frame: Optional[int] = None) -> Optional[str]:
+    """Why `ds` cannot be one CT slice (`frame` of it, if given), from its header alone; None when it can.
+
+    The one rule for both readers: single slices (`check_ct_slice`) and series (`ct_volume`), which
+    read headers without pixels. A localizer (scout) is a projection, not an axial slice: never scored.
+    """
     modality = ds.get("Modality")
     if not modality:
-        raise ValueError("no Modality tag; expected a CT image")
+        return "no Modality tag; expected a CT image"
     if modality != "CT":
-        raise ValueError(f"modality is {_shown(modality)}, not CT")
+        return f"modality is {_shown(modality)}, not CT"
+    if "LOCALIZER" in image_type(ds):
+        return "localizer (scout) image"
+    frames = _count(ds, "NumberOfFrames")
+    if frames > 1 and frame is None:
+        return f"multi-frame image ({frames} frames); choose one with frame=N"
+    if frame is not None and not 0 <= frame < frames:
+        return f"frame {frame} out of range; the image has {frames} frame(s)"
+    return None
+
+
+def check_ct_slice(ds: "pydicom.Dataset", frame: Optional[int] = None) -> None:
+    """Raise a one-line `ValueError` unless `ds` is a single greyscale CT image with pixels."""
+    refusal = ct_header_refusal(ds, frame)
+    if refusal is not None:
+        raise ValueError(refusal)
     if "PixelData" not in ds:
         raise ValueError("the DICOM file has no pixel data (not an image, or truncated before them)")
     samples = _count(ds, "SamplesPerPixel")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if samples != 1 or photometric not in _MONOCHROME:
         raise ValueError(f"colour image ({_shown(photometric)}, {samples} samples per pixel); expected greyscale CT")
-    frames = _count(ds, "NumberOfFrames")
-    if frames > 1 and frame is None:
-        raise ValueError(f"multi-frame image ({frames} frames); choose one with frame=N")
-    if frame is not None and not 0 <= frame < frames:
-        raise ValueError(f"frame {frame} out of range; the image has {frames} frame(s)")
 
 
 def _decoder_available(transfer_syntax) -> bool:

@@ -169,6 +169,16 @@ def test_bad_files_get_the_processors_one_line_reason(predictor, tmp_path):
         predictor.predict(None)
 
 
+def test_a_localizer_is_refused_not_scored(predictor, tmp_path):
+    """A scout is a projection radiograph: the /predict endpoint refuses it as the series reader does."""
+    scout = ct_dataset(_abdomen_hu())
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.save_as(tmp_path / "scout.dcm", enforce_file_format=True)
+    with pytest.raises(gr.Error) as raised:
+        predictor.predict(str(tmp_path / "scout.dcm"))
+    assert raised.value.message == "localizer (scout) image"
+
+
 def test_uploads_are_deleted_after_the_request(app, predictor, tmp_path):
     upload_dir = app._upload_folder() / "upload-under-test"
     upload_dir.mkdir(parents=True, exist_ok=True)

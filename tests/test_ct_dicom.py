@@ -1,6 +1,7 @@
 """Every input that is not one greyscale CT slice is refused with a one-line reason a user can act on."""
 
 import re
+import warnings
 
 import numpy as np
 import pydicom
@@ -180,3 +181,19 @@ def test_every_encoding_of_one_image_gives_the_same_values(name):
     for ds in (plain, encoded):
         ds.Modality = "CT"  # the images are MR; the encodings are what is tested
     np.testing.assert_array_equal(read_ct_hu(encoded), read_ct_hu(plain))
+
+
+def test_a_localizer_is_refused():
+    """A scout (ImageType LOCALIZER) is a projection, not an axial slice: never scored, on any path."""
+    assert _refusal(_with("ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"])) == "localizer (scout) image"
+    # a damaged file: one backslash-separated value, in lower case
+    assert _refusal(_with("ImageType", "ORIGINAL\\PRIMARY\\localizer")) == "localizer (scout) image"
+
+
+def _with(keyword, value):
+    """`ct_dataset(HU)` with one tag set to `value`; pydicom's warning that quotes an invalid value is silenced."""
+    ds = ct_dataset(HU)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        setattr(ds, keyword, value)
+    return ds

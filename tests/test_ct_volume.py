@@ -1,5 +1,6 @@
 """Whole series and volumes: grouping, ordering and orientation of DICOM folders, zips and NIfTI files."""
 
+import warnings
 import zipfile
 
 import nibabel as nib
@@ -193,3 +194,26 @@ def test_a_file_with_a_damaged_tag_is_skipped_with_a_reason(tmp_path, hu):
     assert volume.hu.shape[0] == 5
     assert dict(volume.skipped) == {"slice_0003.dcm": "malformed DICOM header tags (NotImplementedError)"}
     assert "uneven slice gaps from 2.50 to 5.00 mm (missing slices?)" in volume.warnings
+
+
+def test_series_and_slice_readers_refuse_a_header_by_the_same_rule(tmp_path, hu):
+    """"Is this a CT slice" is one rule: a file the series reader sets aside for its header is refused by
+    `read_ct_hu` (the processor, the pipeline, the demo) with the same one-line reason."""
+    cases = {"scout.dcm": ("ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"]), "mr.dcm": ("Modality", "MR"),
+             "frames.dcm": ("NumberOfFrames", 2)}
+    for name, (keyword, value) in cases.items():
+        ds = ct_dataset(hu[0], patient_id=PATIENT_ID)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom quotes the invalid "OT^DOE^JANE" when it is set
+            setattr(ds, keyword, value)
+        if keyword == "NumberOfFrames":
+            ds.PixelData = ds.PixelData * 2
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+    _, skipped = ct_volume.group_dicom_series([str(tmp_path / name) for name in cases], list(cases))
+    reasons = dict(skipped)
+    assert set(reasons) == set(cases)
+    for name in cases:
+        with pytest.raises(ValueError) as refused:
+            read_ct_hu(tmp_path / name)
+        assert str(refused.value) == reasons[name], name
+    assert reasons["scout.dcm"] == "localizer (scout) image"
