@@ -198,9 +198,10 @@ def test_a_file_with_a_damaged_tag_is_skipped_with_a_reason(tmp_path, hu):
 
 def test_series_and_slice_readers_refuse_a_header_by_the_same_rule(tmp_path, hu):
     """"Is this a CT slice" is one rule: a file the series reader sets aside for its header is refused by
-    `read_ct_hu` (the processor, the pipeline, the demo) with the same one-line reason."""
+    `read_ct_hu` (the processor, the pipeline, the demo) with the same one-line reason, and no tag value
+    outside DICOM's defined terms is echoed by either."""
     cases = {"scout.dcm": ("ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"]), "mr.dcm": ("Modality", "MR"),
-             "frames.dcm": ("NumberOfFrames", 2)}
+             "named.dcm": ("Modality", "OT^DOE^JANE"), "frames.dcm": ("NumberOfFrames", 2)}
     for name, (keyword, value) in cases.items():
         ds = ct_dataset(hu[0], patient_id=PATIENT_ID)
         with warnings.catch_warnings():
@@ -217,3 +218,4 @@ def test_series_and_slice_readers_refuse_a_header_by_the_same_rule(tmp_path, hu)
             read_ct_hu(tmp_path / name)
         assert str(refused.value) == reasons[name], name
     assert reasons["scout.dcm"] == "localizer (scout) image"
+    assert reasons["named.dcm"] == "modality is an unlisted value, not CT"
