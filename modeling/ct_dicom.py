@@ -6,9 +6,8 @@ next to the file's path and go on.
 
 import logging
 import os
-import re
 import warnings
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -18,6 +17,8 @@ try:  # optional so that remote-code loading works without pydicom; reading DICO
     from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
 except ImportError:  # pragma: no cover - exercised only where pydicom is missing
     pydicom = None
+
+from .dicom_vocabulary import UNLISTED, shown_text, shown_value
 
 
 class _DropQuotedValues(logging.Filter):
@@ -41,12 +42,10 @@ _DECODER_PACKAGES = {
     "1.2.840.10008.1.2.4.20": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K
 }
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
-# A DICOM code string (Modality, PhotometricInterpretation); anything else is a damaged value, which
-# can hold the bytes of the tags after it (a patient's name among them) and is never echoed.
-_CODE_STRING = re.compile(r"[A-Z0-9 _]{1,16}")
 
 # The only DICOM attributes ever shown (demo) or kept with a volume: acquisition and encoding, nothing
-# about the patient, the institution, the operators or the dates.
+# about the patient, the institution, the operators or the dates. Each value is shown only as far as
+# `dicom_vocabulary.shown_value` allows (ManufacturerModelName, free text, is not among them).
 TECHNICAL_TAGS = {
     "Modality": "modality",
     "Rows": "rows",
@@ -56,7 +55,6 @@ TECHNICAL_TAGS = {
     "KVP": "kvp",
     "ConvolutionKernel": "convolution_kernel",
     "Manufacturer": "manufacturer",
-    "ManufacturerModelName": "manufacturer_model",
     "BodyPartExamined": "body_part",
     "PhotometricInterpretation": "photometric_interpretation",
     "BitsStored": "bits_stored",
@@ -95,15 +93,13 @@ def read_dicom(source, stop_before_pixels: bool = False) -> "pydicom.Dataset":
         try:
             # pydicom converts values on first access: a damaged one must be refused here, not fail a caller
             # later. Private tags are left alone: readers never need them, and scanners write odd ones.
-            for tag in [tag for tag in ds.keys() if not tag.is_private]:
-                ds[tag]
+            # The file meta too: converting a damaged TransferSyntaxUID warns, quoting it.
+            for elements in (ds, getattr(ds, "file_meta", None) or {}):
+                for tag in [tag for tag in elements.keys() if not tag.is_private]:
+                    elements[tag]
         except Exception as error:  # noqa: BLE001 - as above, for the conversion of one element
             raise ValueError(f"malformed DICOM header tags ({type(error).__name__})") from None
     return ds
-
-
-def _shown(value) -> str:
-    return str(value) if _CODE_STRING.fullmatch(str(value)) else "an unreadable value"
 
 
 def _count(ds: "pydicom.Dataset", keyword: str) -> int:
@@ -113,24 +109,45 @@ def _count(ds: "pydicom.Dataset", keyword: str) -> int:
         raise ValueError(f"unreadable {keyword}") from None
 
 
-def check_ct_slice(ds: "pydicom.Dataset", frame: Optional[int] = None) -> None:
-    """Raise a one-line `ValueError` unless `ds` is a single greyscale CT image with pixels."""
+def image_type(ds: "pydicom.Dataset") -> List[str]:
+    """The values of ImageType, upper case (a damaged file may hold them as one backslash-separated str)."""
+    value = ds.get("ImageType") or []
+    return [str(item).upper() for item in (value if not isinstance(value, str) else value.split("\\"))]
+
+
+def ct_header_refusal(ds: "pydicom.Dataset", frame: Optional[int] = None) -> Optional[str]:
+    """Why `ds` cannot be one CT slice (`frame` of it, if given), from its header alone; None when it can.
+
+    The one rule for both readers: single slices (`check_ct_slice`) and series (`ct_volume`), which
+    read headers without pixels. A localizer (scout) is a projection, not an axial slice: never scored.
+    """
     modality = ds.get("Modality")
     if not modality:
-        raise ValueError("no Modality tag; expected a CT image")
+        return "no Modality tag; expected a CT image"
     if modality != "CT":
-        raise ValueError(f"modality is {_shown(modality)}, not CT")
+        return f"modality is {shown_text('Modality', modality)}, not CT"
+    if "LOCALIZER" in image_type(ds):
+        return "localizer (scout) image"
+    frames = _count(ds, "NumberOfFrames")
+    if frames > 1 and frame is None:
+        return f"multi-frame image ({frames} frames); choose one with frame=N"
+    if frame is not None and not 0 <= frame < frames:
+        return f"frame {frame} out of range; the image has {frames} frame(s)"
+    return None
+
+
+def check_ct_slice(ds: "pydicom.Dataset", frame: Optional[int] = None) -> None:
+    """Raise a one-line `ValueError` unless `ds` is a single greyscale CT image with pixels."""
+    refusal = ct_header_refusal(ds, frame)
+    if refusal is not None:
+        raise ValueError(refusal)
     if "PixelData" not in ds:
         raise ValueError("the DICOM file has no pixel data (not an image, or truncated before them)")
     samples = _count(ds, "SamplesPerPixel")
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    photometric = ds.get("PhotometricInterpretation", "MONOCHROME2")
     if samples != 1 or photometric not in _MONOCHROME:
-        raise ValueError(f"colour image ({_shown(photometric)}, {samples} samples per pixel); expected greyscale CT")
-    frames = _count(ds, "NumberOfFrames")
-    if frames > 1 and frame is None:
-        raise ValueError(f"multi-frame image ({frames} frames); choose one with frame=N")
-    if frame is not None and not 0 <= frame < frames:
-        raise ValueError(f"frame {frame} out of range; the image has {frames} frame(s)")
+        shown = shown_text("PhotometricInterpretation", photometric)
+        raise ValueError(f"colour image ({shown}, {samples} samples per pixel); expected greyscale CT")
 
 
 def _decoder_available(transfer_syntax) -> bool:
@@ -143,20 +160,29 @@ def _decoder_available(transfer_syntax) -> bool:
 def _decode_pixels(ds: "pydicom.Dataset", frame: Optional[int]) -> np.ndarray:
     transfer_syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
-        # `index` decodes that frame alone; `ds.pixel_array[frame]` would decode every frame first
-        return pixel_array(ds, index=frame)
+        with warnings.catch_warnings():
+            # decoding converts the TransferSyntaxUID again, and pydicom's warning quotes a damaged one
+            warnings.filterwarnings("ignore", message="Invalid value for VR")
+            # `index` decodes that frame alone; `ds.pixel_array[frame]` would decode every frame first
+            return pixel_array(ds, index=frame)
     except (RuntimeError, NotImplementedError) as error:
-        if transfer_syntax is not None and transfer_syntax.is_compressed and not _decoder_available(transfer_syntax):
-            package = next(
-                (pkg for prefix, pkg in _DECODER_PACKAGES.items() if transfer_syntax.startswith(prefix)), None
-            )
-            hint = f": pip install {package}" if package else ""
-            raise ValueError(
-                f"no decoder installed for transfer syntax {transfer_syntax.name} ({transfer_syntax}){hint}"
-            ) from None
-        raise ValueError(f"cannot decode pixel data ({error})".splitlines()[0]) from None
+        raise ValueError(_decode_failure(transfer_syntax, error)) from None
     except Exception as error:  # noqa: BLE001 - short or damaged pixel data
         raise ValueError(f"pixel data is truncated or corrupt ({type(error).__name__})") from None
+
+
+def _decode_failure(transfer_syntax, error: Exception) -> str:
+    """Why the pixel data could not be decoded. pydicom's own message is not quoted: it holds tag values
+    ("a (0002,0010) 'Transfer Syntax UID' value of '...' is not supported")."""
+    if transfer_syntax is None:  # a dataset built in memory, without file meta
+        return f"cannot decode pixel data ({type(error).__name__})"
+    named = shown_text("TransferSyntaxUID", transfer_syntax)
+    if named == UNLISTED:
+        return f"cannot decode pixel data: the transfer syntax is {UNLISTED}"
+    if transfer_syntax.is_compressed and not _decoder_available(transfer_syntax):
+        package = next((pkg for prefix, pkg in _DECODER_PACKAGES.items() if transfer_syntax.startswith(prefix)), None)
+        return f"no decoder installed for transfer syntax {named}" + (f": pip install {package}" if package else "")
+    return f"cannot decode pixel data in transfer syntax {named} ({type(error).__name__})"
 
 
 def _functional_group(ds: "pydicom.Dataset", frame: Optional[int], keyword: str):
@@ -185,9 +211,10 @@ def pixel_spacing_of(ds: "pydicom.Dataset", frame: Optional[int] = None) -> Opti
     if not value:
         measures = _functional_group(ds, frame, "PixelMeasuresSequence")
         value = measures.get("PixelSpacing") if measures is not None else None
-    if not value or len(value) != 2 or not all(float(v) > 0 for v in value):
-        return None
-    return float(value[0]), float(value[1])
+    spacing = shown_value("PixelSpacing", value) if value else None  # None for text, one value or NaN
+    if not isinstance(spacing, list) or len(spacing) != 2 or not all(v > 0 for v in spacing):
+        return None  # float() here would raise a ValueError quoting a damaged value
+    return spacing[0], spacing[1]
 
 
 def read_ct_hu(source, frame: Optional[int] = None) -> np.ndarray:
@@ -229,26 +256,17 @@ def _stored_to_hu(pixels: np.ndarray, lut_source: "pydicom.Dataset") -> np.ndarr
 
 
 def technical_metadata(ds: "pydicom.Dataset") -> dict:
-    """The `TECHNICAL_TAGS` of `ds` (and its transfer syntax) as JSON-friendly values; absent ones are left out."""
+    """The `TECHNICAL_TAGS` of `ds` (and its transfer syntax) as JSON-friendly values, each as far as
+    `dicom_vocabulary.shown_value` allows; absent ones are left out."""
     metadata = {}
     for keyword, name in TECHNICAL_TAGS.items():
         value = ds.get(keyword)
         if value is None or value == "":
             continue
-        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-            metadata[name] = [_plain(item) for item in value]
-        else:
-            metadata[name] = _plain(value)
+        shown = shown_value(keyword, value)
+        if shown is not None:  # a number that is not one is dropped; text outside its vocabulary is UNLISTED
+            metadata[name] = shown
     transfer_syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
     if transfer_syntax is not None:
-        metadata["transfer_syntax"] = f"{transfer_syntax.name} ({transfer_syntax})"
+        metadata["transfer_syntax"] = shown_value("TransferSyntaxUID", transfer_syntax)
     return metadata
-
-
-def _plain(value):
-    """pydicom's DS/IS/str subclasses -> float, int or str."""
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    return str(value)

@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .ct_dicom import pixel_spacing_of, read_ct_hu, read_dicom, technical_metadata
+from .ct_dicom import ct_header_refusal, pixel_spacing_of, read_ct_hu, read_dicom, technical_metadata
 
 try:  # optional, like pydicom: only reading NIfTI needs it
     import nibabel
@@ -186,26 +186,6 @@ def display_orientation(
 # DICOM
 
 
-def _image_type(header) -> List[str]:
-    value = header.get("ImageType") or []
-    return [str(item).upper() for item in (value if not isinstance(value, str) else value.split("\\"))]
-
-
-def _header_refusal(header) -> Optional[str]:
-    """Why a file cannot be a slice of a CT series, from its header alone; None when it can."""
-    modality = header.get("Modality")
-    if not modality:
-        return "no Modality tag; expected a CT image"
-    if modality != "CT":
-        return f"modality is {modality}, not CT"
-    if "LOCALIZER" in _image_type(header):
-        return "localizer (scout) image"
-    frames = int(header.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        return f"multi-frame image ({frames} frames); read a frame with read_ct_hu(path, frame=N)"
-    return None
-
-
 def _majority(values: list):
     """The most common value (the first seen among equals)."""
     return Counter(values).most_common(1)[0][0]
@@ -226,7 +206,7 @@ class _Slice:
 def _examine(path: str, name: str, header) -> Tuple[str, _Slice]:
     """`(series UID, geometry)` of a CT header; one-line `ValueError` for a refusal or malformed tags."""
     try:
-        refusal = _header_refusal(header)
+        refusal = ct_header_refusal(header)  # the single-slice reader's rule, header part
         if refusal is None:
             uid = str(header.get("SeriesInstanceUID", "") or f"no SeriesInstanceUID: {path}")
             orientation = header.get("ImageOrientationPatient")

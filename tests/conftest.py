@@ -227,6 +227,26 @@ def user_inputs(work: Path, seed: int):
     return hu, dicom_path, png_path
 
 
+def load_demo_app(model_dir):
+    """space/app.py imported as a module, configured through MODEL_ID as a Space would be."""
+    import importlib.util
+    import sys
+
+    previous = os.environ.get("MODEL_ID")
+    os.environ["MODEL_ID"] = str(model_dir)
+    try:
+        spec = importlib.util.spec_from_file_location("space_app", Path(__file__).parents[1] / "space" / "app.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["space_app"] = module  # gradio inspects the source of the module's components
+        spec.loader.exec_module(module)
+    finally:
+        if previous is None:
+            os.environ.pop("MODEL_ID")
+        else:
+            os.environ["MODEL_ID"] = previous
+    return module
+
+
 def run_user_script(script_text: str, work: Path, *args) -> dict:
     """Runs `script_text` as a user's script in `work`, in a fresh interpreter that cannot import this
     repository (no PYTHONPATH, cwd outside it) and offline; returns the JSON its last line printed."""

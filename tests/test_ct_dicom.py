@@ -1,6 +1,7 @@
 """Every input that is not one greyscale CT slice is refused with a one-line reason a user can act on."""
 
 import re
+import warnings
 
 import numpy as np
 import pydicom
@@ -11,7 +12,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEG2000Lossless, SecondaryCaptureImageStorage
 
 from modeling import CTImageProcessor
-from modeling.ct_dicom import read_ct_hu
+from modeling.ct_dicom import read_ct_hu, read_dicom, technical_metadata
 from training.dicom_writer import ct_dataset, write_ct_dicom
 
 HU = (np.arange(64, dtype=np.float64).reshape(8, 8) * 10) - 200
@@ -180,3 +181,48 @@ def test_every_encoding_of_one_image_gives_the_same_values(name):
     for ds in (plain, encoded):
         ds.Modality = "CT"  # the images are MR; the encodings are what is tested
     np.testing.assert_array_equal(read_ct_hu(encoded), read_ct_hu(plain))
+
+
+def test_a_localizer_is_refused():
+    """A scout (ImageType LOCALIZER) is a projection, not an axial slice: never scored, on any path."""
+    assert _refusal(_with("ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"])) == "localizer (scout) image"
+    # a damaged file: one backslash-separated value, in lower case
+    assert _refusal(_with("ImageType", "ORIGINAL\\PRIMARY\\localizer")) == "localizer (scout) image"
+
+
+def _with(keyword, value):
+    """`ct_dataset(HU)` with one tag set to `value`; pydicom's warning that quotes an invalid value is silenced."""
+    ds = ct_dataset(HU)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize("value", ["OT^DOE^JANE", "DOE JANE 1961", "Jane Doe", "DOE"])
+def test_a_name_in_modality_or_photometric_interpretation_is_not_echoed(value):
+    assert _refusal(_with("Modality", value)) == "modality is an unlisted value, not CT"
+    assert _refusal(_with("PhotometricInterpretation", value)) == (
+        "colour image (an unlisted value, 1 samples per pixel); expected greyscale CT"
+    )
+
+
+def test_defined_terms_are_still_named():
+    ds = ct_dataset(HU)
+    ds.Modality = "SEG"
+    assert _refusal(ds) == "modality is SEG, not CT"
+    ds = ct_dataset(HU)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_FULL_422"
+    assert _refusal(ds) == "colour image (YBR_FULL_422, 3 samples per pixel); expected greyscale CT"
+
+
+@pytest.mark.parametrize("uid", ["1.2.840.99999.1961", "DOE^JANE"])
+def test_an_unknown_transfer_syntax_is_not_echoed(tmp_path, uid):
+    """pydicom's own message quotes the UID, and an unknown UID's pydicom name is the UID itself."""
+    ds = ct_dataset(HU)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns that "DOE^JANE" is no UID
+        ds.file_meta.TransferSyntaxUID = uid
+        ds.save_as(tmp_path / "unknown.dcm", enforce_file_format=True)
+    assert _refusal(tmp_path / "unknown.dcm") == "cannot decode pixel data: the transfer syntax is an unlisted value"
+    assert technical_metadata(read_dicom(tmp_path / "unknown.dcm"))["transfer_syntax"] == "an unlisted value"

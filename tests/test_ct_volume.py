@@ -1,5 +1,6 @@
 """Whole series and volumes: grouping, ordering and orientation of DICOM folders, zips and NIfTI files."""
 
+import warnings
 import zipfile
 
 import nibabel as nib
@@ -208,3 +209,28 @@ def test_a_nifti_key_hashes_the_volume_in_place():
     tracemalloc.stop()
     assert peak < hu.nbytes / 100, f"{peak} bytes allocated to hash a {hu.nbytes}-byte volume"
     assert key == nifti_key_digest(hu.copy(), (2.5, 0.8, 0.8)) != nifti_key_digest(hu, (2.5, 0.8, 0.7))
+
+
+def test_series_and_slice_readers_refuse_a_header_by_the_same_rule(tmp_path, hu):
+    """"Is this a CT slice" is one rule: a file the series reader sets aside for its header is refused by
+    `read_ct_hu` (the processor, the pipeline, the demo) with the same one-line reason, and no tag value
+    outside DICOM's defined terms is echoed by either."""
+    cases = {"scout.dcm": ("ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"]), "mr.dcm": ("Modality", "MR"),
+             "named.dcm": ("Modality", "OT^DOE^JANE"), "frames.dcm": ("NumberOfFrames", 2)}
+    for name, (keyword, value) in cases.items():
+        ds = ct_dataset(hu[0], patient_id=PATIENT_ID)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom quotes the invalid "OT^DOE^JANE" when it is set
+            setattr(ds, keyword, value)
+        if keyword == "NumberOfFrames":
+            ds.PixelData = ds.PixelData * 2
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+    _, skipped = ct_volume.group_dicom_series([str(tmp_path / name) for name in cases], list(cases))
+    reasons = dict(skipped)
+    assert set(reasons) == set(cases)
+    for name in cases:
+        with pytest.raises(ValueError) as refused:
+            read_ct_hu(tmp_path / name)
+        assert str(refused.value) == reasons[name], name
+    assert reasons["scout.dcm"] == "localizer (scout) image"
+    assert reasons["named.dcm"] == "modality is an unlisted value, not CT"

@@ -12,6 +12,7 @@ from conftest import run_user_script, user_inputs
 from PIL import Image
 
 from modeling import PIPELINE_TASK, CTImageProcessor, DualAttentionResNetForImageClassification
+from training.dicom_writer import ct_dataset
 
 # A fresh interpreter in an empty folder; `sys.modules[name] = None` makes importing the repo fail.
 USER_SCRIPT = textwrap.dedent(
@@ -23,7 +24,7 @@ USER_SCRIPT = textwrap.dedent(
     import pydicom
     from transformers import pipeline
 
-    model_dir, dicom_path, png_path, hu_path = sys.argv[1:]
+    model_dir, dicom_path, png_path, hu_path, localizer_path = sys.argv[1:]
     classify = pipeline(model=model_dir, trust_remote_code=True)
     results = {
         "dicom_path": classify(dicom_path),
@@ -37,6 +38,10 @@ USER_SCRIPT = textwrap.dedent(
         classify(png_path + ".missing.dcm")
     except ValueError as error:
         results["refusal"] = str(error)
+    try:
+        results["localizer_scored"] = classify(localizer_path)
+    except ValueError as error:
+        results["localizer_refusal"] = str(error)
     print(json.dumps({
         "results": results,
         "pipeline_module": type(classify).__module__,
@@ -53,7 +58,10 @@ def pipeline_run(tiny_model_dir, tmp_path_factory):
     hu, dicom_path, png_path = user_inputs(work, seed=1)
     hu_path = work / "slice_hu.npy"
     np.save(hu_path, hu.astype(np.float32))
-    report = run_user_script(USER_SCRIPT, work, tiny_model_dir, dicom_path, png_path, hu_path)
+    scout = ct_dataset(hu)
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.save_as(work / "scout.dcm", enforce_file_format=True)
+    report = run_user_script(USER_SCRIPT, work, tiny_model_dir, dicom_path, png_path, hu_path, work / "scout.dcm")
     return {"dicom": dicom_path, "png": png_path, "hu": hu}, report
 
 
@@ -120,3 +128,10 @@ def test_pipeline_score_is_taken_in_float64_so_a_threshold_near_one_can_be_misse
     (result,) = pipeline(model=str(tmp_path), trust_remote_code=True)(np.zeros((32, 32), np.float32))
     assert result["label"] == "metastatic" and result["score"] == pytest.approx(1 / (1 + np.exp(-19.0)), abs=1e-15)
     assert result["score"] < 1 - 1e-9
+
+
+def test_pipeline_refuses_a_localizer(pipeline_run):
+    """The remote-code pipeline (its own copy of ct_dicom) refuses a scout rather than scoring it."""
+    _, report = pipeline_run
+    assert "localizer_scored" not in report["results"]
+    assert report["results"]["localizer_refusal"] == "localizer (scout) image"
