@@ -7,13 +7,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from modeling import ct_volume
+from modeling import ct_volume, zip_archive
 from modeling.ct_dicom import read_ct_hu, read_dicom
 from modeling.ct_volume import read_ct_volumes
 from training.dicom_writer import ct_dataset, write_ct_nifti, write_ct_series
 
 SPACING = (2.5, 0.7, 0.8)  # slice, row, column (mm)
 ORIGIN = (-10.0, 5.0, 100.0)  # LPS of display voxel (0, 0, 0)
+# Display index (k, i, j) -> LPS mm: k steps up (z), i back (y), j to the patient's left (x).
+DISPLAY_AFFINE = np.array([[0, 0, SPACING[2], ORIGIN[0]], [0, SPACING[1], 0, ORIGIN[1]],
+                           [SPACING[0], 0, 0, ORIGIN[2]], [0, 0, 0, 1.0]])
 PATIENT_ID = "DOE^JANE-4711"
 
 
@@ -96,6 +99,7 @@ def test_any_stored_orientation_reads_back_as_the_display_volume(tmp_path, hu, r
     assert np.array_equal(volume.hu, hu)  # the marker catches any L/R, A/P or S/I flip or axis swap
     assert volume.spacing_mm == pytest.approx(SPACING)
     np.testing.assert_allclose(volume.positions_mm, 100.0 + 2.5 * np.arange(6))
+    np.testing.assert_allclose(volume.affine_lps, DISPLAY_AFFINE, atol=1e-6)  # where every voxel lies
 
 
 def test_a_flipped_volume_is_told_apart(hu):
@@ -117,6 +121,8 @@ def test_nifti_in_any_orientation_equals_the_dicom_read(tmp_path, hu, axcodes):
     assert np.array_equal(from_nifti.hu, from_dicom.hu)
     assert from_nifti.spacing_mm == pytest.approx(from_dicom.spacing_mm)
     np.testing.assert_allclose(from_nifti.positions_mm, from_dicom.positions_mm, atol=1e-4)
+    np.testing.assert_allclose(from_nifti.affine_lps, DISPLAY_AFFINE, atol=1e-4)
+    np.testing.assert_allclose(from_dicom.affine_lps, DISPLAY_AFFINE, atol=1e-6)
 
 
 def test_zip_of_the_folder_reads_the_same_and_leaves_nothing_behind(tmp_path, pacs_folder, hu, monkeypatch):
@@ -125,14 +131,14 @@ def test_zip_of_the_folder_reads_the_same_and_leaves_nothing_behind(tmp_path, pa
         for path in sorted(pacs_folder.rglob("*")):
             handle.write(path, path.relative_to(pacs_folder).as_posix())
     created = []
-    real_temporary_directory = ct_volume.tempfile.TemporaryDirectory
+    real_temporary_directory = zip_archive.tempfile.TemporaryDirectory
 
     def recording_temporary_directory(*args, **kwargs):
         folder = real_temporary_directory(*args, **kwargs)
         created.append(folder.name)
         return folder
 
-    monkeypatch.setattr(ct_volume.tempfile, "TemporaryDirectory", recording_temporary_directory)
+    monkeypatch.setattr(zip_archive.tempfile, "TemporaryDirectory", recording_temporary_directory)
     volumes = read_ct_volumes(archive)
     assert len(volumes) == 2 and np.array_equal(volumes[0].hu, hu)
     assert created and not any(ct_volume.os.path.exists(folder) for folder in created)
@@ -142,14 +148,14 @@ def test_zip_bomb_and_escaping_paths_are_refused_in_one_line(tmp_path, monkeypat
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as handle:
         handle.writestr("zeros.dcm", b"\0" * 5_000_000)  # 5 MB that compress to a few kB
-    monkeypatch.setattr(ct_volume, "ZIP_MAX_BYTES", 1_000_000)
+    monkeypatch.setattr(zip_archive, "ZIP_MAX_BYTES", 1_000_000)
     with pytest.raises(ValueError, match=r"^the zip expands to more than .* GiB; refused$"):
         read_ct_volumes(bomb)
     many = tmp_path / "many.zip"
     with zipfile.ZipFile(many, "w") as handle:
         for index in range(5):
             handle.writestr(f"f{index}", b"x")
-    monkeypatch.setattr(ct_volume, "ZIP_MAX_MEMBERS", 4)
+    monkeypatch.setattr(zip_archive, "ZIP_MAX_MEMBERS", 4)
     with pytest.raises(ValueError, match="holds 5 files, more than the limit of 4"):
         read_ct_volumes(many)
     for name in ("../outside.dcm", "/etc/passwd", "a/../../outside.dcm"):
