@@ -6,7 +6,9 @@ next to the file's path and go on.
 
 import logging
 import os
+import threading
 import warnings
+from contextlib import contextmanager
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -24,14 +26,35 @@ from .dicom_vocabulary import UNLISTED, shown_text, shown_value
 class _DropQuotedValues(logging.Filter):
     """pydicom logs the value of a malformed element ("Invalid value for VR PN: 'DOE^JANE'"). In a damaged
     file that value can run into the tags after it, a patient's name and ID among them, so such records
-    never reach a log. A filter on pydicom's logger rather than a change to its settings: it holds for
-    every thread at once."""
+    never reach a log while this module reads a file."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Invalid value for VR" not in record.getMessage()
 
 
-logging.getLogger("pydicom").addFilter(_DropQuotedValues())
+_QUOTED_VALUES = _DropQuotedValues()
+_readers_lock = threading.Lock()
+_readers = 0  # reads under way, in all threads: the filter is on pydicom's logger while there is one
+
+
+@contextmanager
+def _values_kept_out_of_logs():
+    """While a read is under way, pydicom's logger drops records that quote a value; after the last one
+    ends, the logger is as the process had it (importing this module changes nothing). A filter on the
+    logger rather than a change to pydicom's settings: it holds for every thread reading at once."""
+    global _readers
+    with _readers_lock:
+        if _readers == 0:
+            logging.getLogger("pydicom").addFilter(_QUOTED_VALUES)
+        _readers += 1
+    try:
+        yield
+    finally:
+        with _readers_lock:
+            _readers -= 1
+            if _readers == 0:
+                logging.getLogger("pydicom").removeFilter(_QUOTED_VALUES)
+
 
 # Decoder packages for compressed transfer syntaxes, by UID prefix, for the error message.
 _DECODER_PACKAGES = {
@@ -68,6 +91,7 @@ def _require_pydicom():
         raise ImportError("Reading DICOM needs pydicom: pip install 'pydicom>=3'.")
 
 
+@_values_kept_out_of_logs()
 def read_dicom(source, stop_before_pixels: bool = False) -> "pydicom.Dataset":
     """A path (any extension or none) or an open `pydicom.Dataset` -> `pydicom.Dataset`.
 
@@ -217,6 +241,7 @@ def pixel_spacing_of(ds: "pydicom.Dataset", frame: Optional[int] = None) -> Opti
     return spacing[0], spacing[1]
 
 
+@_values_kept_out_of_logs()
 def read_ct_hu(source, frame: Optional[int] = None) -> np.ndarray:
     """A CT DICOM (path or dataset) -> Hounsfield units, `float32` of shape `(rows, columns)`.
 

@@ -226,3 +226,25 @@ def test_an_unknown_transfer_syntax_is_not_echoed(tmp_path, uid):
         ds.save_as(tmp_path / "unknown.dcm", enforce_file_format=True)
     assert _refusal(tmp_path / "unknown.dcm") == "cannot decode pixel data: the transfer syntax is an unlisted value"
     assert technical_metadata(read_dicom(tmp_path / "unknown.dcm"))["transfer_syntax"] == "an unlisted value"
+
+
+def test_importing_the_reader_leaves_pydicoms_logging_as_it_was():
+    """The filter that keeps quoted values out of logs is on pydicom's logger only while a file is read."""
+    import logging
+
+    from modeling import ct_dicom
+
+    assert ct_dicom._QUOTED_VALUES not in logging.getLogger("pydicom").filters
+    seen = []
+    real_dcmread = ct_dicom.pydicom.dcmread
+
+    def dcmread(*args, **kwargs):
+        seen.append(ct_dicom._QUOTED_VALUES in logging.getLogger("pydicom").filters)
+        return real_dcmread(*args, **kwargs)
+
+    ct_dicom.pydicom.dcmread = dcmread
+    try:
+        ct_dicom.read_ct_hu(get_testdata_file("CT_small.dcm"))
+    finally:
+        ct_dicom.pydicom.dcmread = real_dcmread
+    assert seen == [True] and ct_dicom._QUOTED_VALUES not in logging.getLogger("pydicom").filters
