@@ -264,6 +264,28 @@ def pacs_export(tmp_path_factory):
     return folder
 
 
+def zipped(folder: Path, archive: Path) -> Path:
+    """`folder`'s files in a zip at `archive`, named by their paths inside `folder`."""
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                handle.write(path, path.relative_to(folder).as_posix())
+    return archive
+
+
+def count_forward_passes(model) -> list:
+    """Wrap `model.forward` (an instance attribute: `del model.forward` unwraps it) to record each
+    pass's batch size in the returned list."""
+    sizes, real_forward = [], model.forward
+
+    def counting_forward(pixel_values, *args, **kwargs):
+        sizes.append(len(pixel_values))
+        return real_forward(pixel_values, *args, **kwargs)
+
+    model.forward = counting_forward
+    return sizes
+
+
 def run_series(paths, model_dir, folder, *extra):
     slices, series = folder / "slices.csv", folder / "series.csv"
     status = main([*map(str, paths), "--model", str(model_dir), "--output", str(slices), "--series-output",
@@ -417,14 +439,7 @@ def test_slices_of_consecutive_items_share_forward_passes_and_each_item_is_repor
         write_ct_series(tmp_path / name, series_hu(seed, slices), (2.0, 0.8, 0.8))
     (tmp_path / "notes.txt").write_text("not an image\n")
     model, processor = tiny_model(), CTImageProcessor(size=TINY_SIZE)
-    batch_sizes, passes_when_reported = [], []
-    real_forward = model.forward
-
-    def counting_forward(pixel_values, *args, **kwargs):
-        batch_sizes.append(len(pixel_values))
-        return real_forward(pixel_values, *args, **kwargs)
-
-    model.forward = counting_forward
+    batch_sizes, passes_when_reported = count_forward_passes(model), []
     items = plan_work([str(tmp_path / name) for name in ("a", "notes.txt", "b", "c")])
     reported = []
 
@@ -439,7 +454,7 @@ def test_slices_of_consecutive_items_share_forward_passes_and_each_item_is_repor
     assert len(reported) == len(results) == 4 and all(one is two for one, two in zip(reported, results, strict=True))
     assert [len(result.slice_rows) for result in results] == [5, 1, 1, 7]
     assert [row["error"] for row in results[1].slice_rows] == ["not a DICOM file (no DICM header)"]
-    model.forward = real_forward
+    del model.forward  # the counting wrapper
     for result, name in zip((results[0], results[2], results[3]), ("a", "b", "c"), strict=True):
         (volume,) = read_ct_volumes(tmp_path / name)
         expected = score_volume(model, processor, volume)
@@ -452,20 +467,9 @@ def test_a_zip_of_two_series_is_reported_once_both_are_scored(pacs_export, tiny_
     scored, and the zip's result is handed on once, with both series rows, after the last pass."""
     from modeling.predict import plan_work, predict_items
 
-    study = tmp_path / "study.zip"
-    with zipfile.ZipFile(study, "w") as archive:
-        for path in sorted(pacs_export.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(pacs_export).as_posix())
+    study = zipped(pacs_export, tmp_path / "study.zip")
     model, processor = tiny_model(), CTImageProcessor.from_pretrained(tiny_model_dir)
-    passes, series_rows_when_reported = [], []
-    real_forward = model.forward
-
-    def counting_forward(pixel_values, *args, **kwargs):
-        passes.append(len(pixel_values))
-        return real_forward(pixel_values, *args, **kwargs)
-
-    model.forward = counting_forward
+    passes, series_rows_when_reported = count_forward_passes(model), []
     predict_items(plan_work([str(study)]), model, processor, batch_size=1, progress=False,
                   on_result=lambda result: series_rows_when_reported.append((len(passes), len(result.series_rows))))
     assert passes == [1] * 11 and series_rows_when_reported == [(11, 2)]  # series of 8 and 3 slices
@@ -533,11 +537,7 @@ def test_a_threshold_near_one_is_decided_in_float64(tmp_path, logit, expected):
 def test_refused_files_of_a_zipped_study_belong_to_no_series(pacs_export, tiny_model_dir, tmp_path):
     """The localizer and the MR of a zipped export are refused with no series key: they are in none of
     its two CT series (they used to carry the first series' key)."""
-    study = tmp_path / "study.zip"
-    with zipfile.ZipFile(study, "w") as archive:
-        for path in sorted(pacs_export.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(pacs_export).as_posix())
+    study = zipped(pacs_export, tmp_path / "study.zip")
     status, slices, series = run_series([study], tiny_model_dir, tmp_path)
     refused = {Path(row["path"]).name: row["series"] for row in slices if row["status"] == "error"}
     assert status == 1 and refused == {"scout": "", "mr": ""}
