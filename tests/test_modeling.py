@@ -3,6 +3,7 @@
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from modeling import (
     DualAttentionResNetModel,
 )
 from modeling.attention import DualAttention, attention_supervision_loss
+from modeling.explain import explain
 
 # resnet10t: 512 channels on a 2 x 2 map at 64 px (reduction 32).
 TINY_CHANNELS, TINY_MAP = 512, TINY_SIZE // 32
@@ -457,6 +459,37 @@ def test_stage3_maps_stay_with_their_own_request_under_concurrent_forwards():
     for index, spatial in results:
         torch.testing.assert_close(spatial, expected[index])
     assert model.dual_attention_resnet._stage3_maps == {}  # nothing kept after the forwards
+
+
+STAGE3_GATE_V1 = Path(__file__).parent / "fixtures" / "stage3_gate_v1"
+
+
+def test_a_checkpoint_saved_before_the_gate_became_a_module_loads_with_identical_outputs():
+    """A checkpoint written when the stage-3 gate was a forward hook (tests/fixtures/make_stage3_gate_v1.py, run
+    at commit 5d4c9ef) loads without missing or unexpected weights and computes what it computed then: logits,
+    both attention outputs, every hidden state (stage 3's gated) and explain()'s maps, Grad-CAM on the
+    gated stage 3 included."""
+    expected = np.load(STAGE3_GATE_V1 / "expected.npz")
+    model, loading = DualAttentionResNetForImageClassification.from_pretrained(STAGE3_GATE_V1, output_loading_info=True)
+    pixel_values = torch.from_numpy(expected["pixel_values"])
+    with torch.no_grad():
+        output = model(pixel_values, output_hidden_states=True)
+    got = {
+        "logits": output.logits,
+        "spatial_attention": output.spatial_attention,
+        "channel_attention": output.channel_attention,
+        **{f"hidden_state_{i}": state for i, state in enumerate(output.hidden_states)},
+        **{f"explain_{name}": value for name, value in explain(model, pixel_values).items()},
+    }
+    model.config.gradcam_stage = 3
+    got["explain_stage3_gradcam"] = explain(model, pixel_values)["gradcam"]
+
+    assert not loading["missing_keys"] and not loading["unexpected_keys"]
+    assert model.config.spatial_attention_stages == [3] and model.dual_attention_resnet.stage3_attention is not None
+    assert set(got) == set(expected) - {"pixel_values"}
+    assert expected["explain_stage3_gradcam"].max() == 1.0  # a map that can disagree
+    for name, value in got.items():
+        np.testing.assert_allclose(value.numpy(), expected[name], rtol=0, atol=1e-6, err_msg=name)
 
 
 def test_default_config_keeps_the_paper_weight_names():
