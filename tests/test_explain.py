@@ -37,7 +37,7 @@ def test_shapes_ranges_and_probability_equal_the_models_sigmoid(attention):
     model = tiny_model(attention=attention)
     pixel_values = structured_pixels(size=96)
     with torch.no_grad():
-        expected = torch.sigmoid(model(pixel_values).logits[:, 0])
+        expected = torch.sigmoid(model(pixel_values).logits[:, 0].double())  # explain answers in float64
 
     maps = explain(model, pixel_values)
 
@@ -59,7 +59,7 @@ def test_explains_in_eval_mode_restores_train_mode_and_leaves_no_parameter_gradi
     model = tiny_model(dropout=0.9)
     pixel_values = structured_pixels()
     with torch.no_grad():
-        expected = torch.sigmoid(model(pixel_values).logits[:, 0])
+        expected = torch.sigmoid(model(pixel_values).logits[:, 0].double())  # explain answers in float64
     model.train()
 
     maps = explain(model, pixel_values)
