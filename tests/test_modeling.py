@@ -227,7 +227,7 @@ def test_config_json_round_trip(tmp_path):
     }
     config = DualAttentionResNetConfig(
         backbone="resnet18", attention="spatial", se_reduction=8, spatial_kernel_size=3, dropout=0.25,
-        frozen_stages=1, decision_threshold=0.37, image_size=128, spatial_attention_stages="3+4",
+        frozen_stages=1, decision_threshold=0.37, image_size=128, spatial_attention_stages=(4, 3),
         spatial_gate="conv_bn", spatial_padding="replicate", attention_loss_weight=0.5,
         localisation=localisation, threshold_note="validation separates perfectly; threshold 0.9963",
     )
@@ -271,6 +271,12 @@ def test_config_json_round_trip(tmp_path):
         ("spatial_attention_stages", [2, 3]),
         ("spatial_gate", "bn"),
         ("spatial_padding", "circular"),
+        # strings are the command line's, parsed by training (training.train.parse_stages)
+        ("spatial_attention_stages", "3"),
+        ("spatial_attention_stages", "3+4"),
+        ("spatial_attention_stages", [3, 3]),
+        ("spatial_attention_stages", [3.0]),
+        ("spatial_attention_stages", True),
         ("attention_loss_weight", -0.5),
         ("localisation", {"saliency": {}}),
         ("localisation", {"attention": 0.9}),
@@ -389,7 +395,7 @@ def test_output_hidden_states_gives_every_stage_and_the_same_logits():
     torch.testing.assert_close(output.spatial_attention, plain.spatial_attention)
 
 
-@pytest.mark.parametrize("stages", ["4", "3+4"])
+@pytest.mark.parametrize("stages", [[4], [3, 4]])
 def test_gradient_checkpointing_goes_through_timm_and_gives_the_same_gradients(stages):
     def gradients(checkpointing):
         model = tiny_model(dropout=0.0, spatial_attention_stages=stages).train()
@@ -417,7 +423,7 @@ def test_gradient_checkpointing_goes_through_timm_and_gives_the_same_gradients(s
     ("overrides", "map_side", "new_keys"),
     [
         ({}, TINY_MAP, set()),
-        ({"spatial_attention_stages": "3"}, 2 * TINY_MAP, {"dual_attention_resnet.stage3_attention.conv.weight"}),
+        ({"spatial_attention_stages": [3]}, 2 * TINY_MAP, {"dual_attention_resnet.stage3_attention.conv.weight"}),
         ({"spatial_attention_stages": [3, 4]}, 2 * TINY_MAP, {"dual_attention_resnet.stage3_attention.conv.weight"}),
         ({"attention": "spatial", "spatial_attention_stages": 3}, 2 * TINY_MAP, set()),
         ({"spatial_gate": "conv_bn"}, TINY_MAP, {
@@ -439,14 +445,14 @@ def test_spatial_variants_shapes_and_weight_names(overrides, map_side, new_keys)
     if overrides.get("attention") == "spatial":  # no channel branch; the spatial one moves to stage 3
         assert not any(".attention." in key for key in keys)
         return
-    if overrides.get("spatial_attention_stages") == "3":
+    if overrides.get("spatial_attention_stages") == [3]:
         default_keys.discard("dual_attention_resnet.attention.spatial.conv.weight")
     assert keys == default_keys | new_keys
 
 
 def test_stage3_maps_stay_with_their_own_request_under_concurrent_forwards():
     """A served model answers requests from several threads; each must get its own stage-3 map."""
-    model = tiny_model(spatial_attention_stages="3")
+    model = tiny_model(spatial_attention_stages=[3])
     inputs = [_pixels(batch=1, seed=seed) for seed in range(4)]
     with torch.no_grad():
         expected = [model(x).spatial_attention for x in inputs]
@@ -546,7 +552,7 @@ def test_attention_supervision_loss_is_larger_for_a_map_that_misses_the_lesion()
     assert both.item() == pytest.approx(hit.item())
 
 
-@pytest.mark.parametrize("stages", ["4", "3"])
+@pytest.mark.parametrize("stages", [[4], [3]])
 def test_attention_supervision_adds_to_the_loss_and_reaches_the_spatial_conv(stages):
     mask = torch.zeros(2, TINY_SIZE, TINY_SIZE)
     mask[0, 5:20, 40:60] = 1
@@ -560,7 +566,7 @@ def test_attention_supervision_adds_to_the_loss_and_reaches_the_spatial_conv(sta
     torch.testing.assert_close(output.loss, plain_output.loss + expected_extra)
 
     base = supervised.dual_attention_resnet
-    spatial_conv = (base.stage3_attention if stages == "3" else base.attention.spatial).conv
+    spatial_conv = (base.stage3_attention if stages == [3] else base.attention.spatial).conv
     (output.loss - plain_output.loss.detach()).backward()
     assert spatial_conv.weight.grad is not None and spatial_conv.weight.grad.abs().sum() > 0
 
@@ -569,7 +575,7 @@ def test_attention_supervision_runs_under_bf16_autocast():
     """BCE on probabilities is refused under CUDA autocast; the loss is written out in float32 instead."""
     mask = torch.zeros(2, TINY_SIZE, TINY_SIZE)
     mask[0, 5:20, 40:60] = 1
-    model = tiny_model(spatial_attention_stages="3", attention_loss_weight=1.0).train()
+    model = tiny_model(spatial_attention_stages=[3], attention_loss_weight=1.0).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(_pixels(), labels=torch.tensor([1, 0]), lesion_mask=mask).loss
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
