@@ -17,15 +17,12 @@ import timm
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .attention import DualAttention, SpatialAttention, attention_supervision_loss
 from .configuration_dual_attention_resnet import DualAttentionResNetConfig
-
-# Imported so that `save_pretrained` copies the DICOM pipeline that config.json's `custom_pipelines`
-# names: transformers copies a model's file together with everything it imports relatively.
-from .pipeline_ct_classification import CTMetastasisClassificationPipeline  # noqa: F401
 
 
 @dataclass
@@ -187,6 +184,20 @@ class DualAttentionResNetPreTrainedModel(PreTrainedModel):
     def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs):
         # timm checkpoints the backbone's blocks itself; the attention and head are small.
         self.base_model.backbone.set_grad_checkpointing(enable)
+
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
+        """`PreTrainedModel.save_pretrained`; saved as remote code, the folder also gets the DICOM pipeline's
+        file, which config.json's `custom_pipelines` names.
+
+        The pipeline is imported here, not with the model: it needs `transformers.pipelines`, which
+        loading or running the model does not. (Because this line names it, transformers also fetches
+        the file with the model's code.)
+        """
+        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process and self._auto_class is not None and os.path.isdir(save_directory):
+            from .pipeline_ct_classification import CTMetastasisClassificationPipeline
+
+            custom_object_save(CTMetastasisClassificationPipeline, save_directory)
 
 
 class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
