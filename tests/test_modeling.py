@@ -11,6 +11,7 @@ import safetensors.torch
 import timm
 import torch
 from conftest import TINY_BACKBONE, TINY_SIZE, tiny_model
+from torch import nn
 
 from modeling import (
     ATTENTION_MODES,
@@ -20,6 +21,7 @@ from modeling import (
 )
 from modeling.attention import DualAttention, attention_supervision_loss
 from modeling.explain import explain
+from modeling.modeling_dual_attention_resnet import _check_runs_stage_by_stage, backbone_stage
 
 # resnet10t: 512 channels on a 2 x 2 map at 64 px (reduction 32).
 TINY_CHANNELS, TINY_MAP = 512, TINY_SIZE // 32
@@ -269,14 +271,14 @@ def test_config_json_round_trip(tmp_path):
         ("num_channels", 3.0),
         ("spatial_attention_stages", "5"),
         ("spatial_attention_stages", [2, 3]),
-        ("spatial_gate", "bn"),
-        ("spatial_padding", "circular"),
         # strings are the command line's, parsed by training (training.train.parse_stages)
         ("spatial_attention_stages", "3"),
         ("spatial_attention_stages", "3+4"),
         ("spatial_attention_stages", [3, 3]),
         ("spatial_attention_stages", [3.0]),
         ("spatial_attention_stages", True),
+        ("spatial_gate", "bn"),
+        ("spatial_padding", "circular"),
         ("attention_loss_weight", -0.5),
         ("localisation", {"saliency": {}}),
         ("localisation", {"attention": 0.9}),
@@ -464,7 +466,88 @@ def test_stage3_maps_stay_with_their_own_request_under_concurrent_forwards():
             results = list(pool.map(forward, [i % 4 for i in range(24)]))
     for index, spatial in results:
         torch.testing.assert_close(spatial, expected[index])
-    assert model.dual_attention_resnet._stage3_maps == {}  # nothing kept after the forwards
+
+
+def test_backbone_stage_names_stage_3_and_4_as_a_resnet_counts_them():
+    resnet = timm.create_model(TINY_BACKBONE, num_classes=0)
+    convnext = timm.create_model("test_convnext", num_classes=0)
+    assert [backbone_stage(resnet, stage)[::2] for stage in (3, 4)] == [("layer3", 256), ("layer4", TINY_CHANNELS)]
+    assert backbone_stage(resnet, 3).module is resnet.layer3
+    assert [backbone_stage(convnext, stage).name for stage in (3, 4)] == ["stages.2", "stages.3"]
+    for stage in (2, 5, True):
+        with pytest.raises(ValueError, match=rf"one of \(4, 3\).*got {stage!r}"):
+            backbone_stage(resnet, stage)
+
+
+def test_a_stage_3_gate_on_a_backbone_whose_stages_are_nested_is_refused_in_one_line():
+    """The gate runs the backbone module by module; stages inside another module (not a Sequential) cannot be."""
+
+    class Body(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer3, self.layer4 = nn.Identity(), nn.Identity()
+
+    backbone = nn.Module()
+    backbone.stem, backbone.body = nn.Identity(), Body()
+    backbone.feature_info = [{"module": name} for name in ("stem", "body.layer3", "body.layer4")]
+    with pytest.raises(ValueError) as info:
+        _check_runs_stage_by_stage(backbone, "nested")
+    assert "['body.layer3', 'body.layer4']" in str(info.value) and "\n" not in str(info.value)
+
+
+def _tensors_kept_outside_weights(model) -> list:
+    """Attributes of the model's modules that hold tensors, other than parameters and buffers."""
+    kept = []
+    for module_name, module in model.named_modules():
+        for attribute, value in vars(module).items():
+            values = value.values() if isinstance(value, dict) else [value]
+            if attribute not in ("_parameters", "_buffers") and any(isinstance(v, torch.Tensor) for v in values):
+                kept.append(f"{module_name}.{attribute}")
+    return kept
+
+
+def test_a_checkpointed_training_step_leaves_no_tensor_in_the_model():
+    """The stage-3 map is a local of the forward: recomputation under gradient checkpointing leaves nothing behind."""
+    model = tiny_model(spatial_attention_stages=[3]).train()
+    model.gradient_checkpointing_enable()
+    model(_pixels(), labels=torch.tensor([1, 0])).loss.backward()
+    assert _tensors_kept_outside_weights(model) == []
+
+
+def _hooked_stage3_gate(model):
+    """The gate as it was until the checkpoint in tests/fixtures: a forward hook on stage 3's module."""
+    base = model.dual_attention_resnet
+    stage3 = base.backbone.get_submodule(base.backbone.feature_info[-2]["module"])
+    return stage3.register_forward_hook(lambda module, args, output: output * base.stage3_attention(output))
+
+
+@pytest.mark.parametrize(
+    ("backbone", "size"),
+    [("test_resnet", 64), ("test_convnext", 64), ("test_efficientnet", 64), ("test_byobnet", 64), ("test_nfnet", 64),
+     ("regnetx_002", 64), ("densenet121", 64), ("vgg11", 64)],
+)
+def test_the_stage3_gate_runs_any_timm_cnn_as_a_hook_on_its_stage_3_would(backbone, size):
+    """Run module by module, a backbone computes what timm's own `forward_intermediates` computes with the gate
+    hooked onto stage 3's output: the same stage outputs (stage 3's gated), the same last-stage features."""
+    torch.manual_seed(0)
+    config = DualAttentionResNetConfig(backbone=backbone, spatial_attention_stages=[3], image_size=size)
+    model = DualAttentionResNetForImageClassification(config).eval()
+    base = model.dual_attention_resnet
+    pixels = _pixels(batch=2, size=size)
+    with torch.no_grad():
+        features, hidden_states = base.forward_intermediates(pixels)
+        hook = _hooked_stage3_gate(model)
+        try:
+            hooked_features, hooked_states = base.backbone.forward_intermediates(pixels)
+        finally:
+            hook.remove()
+        ungated = base.backbone.forward_features(pixels)
+
+    torch.testing.assert_close(features, hooked_features, rtol=0, atol=1e-6)
+    assert len(hidden_states) == len(hooked_states) == len(base.backbone.feature_info)
+    for got, expected in zip(hidden_states, hooked_states, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(features, ungated)  # the gate changed something
 
 
 STAGE3_GATE_V1 = Path(__file__).parent / "fixtures" / "stage3_gate_v1"
