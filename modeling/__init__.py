@@ -6,7 +6,6 @@ in a process that never imported this package.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
-from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_dual_attention_resnet import (
     ATTENTION_MODES,
@@ -23,7 +22,6 @@ from .modeling_dual_attention_resnet import (
     DualAttentionResNetModel,
     DualAttentionResNetPreTrainedModel,
 )
-from .pipeline_ct_classification import CTMetastasisClassificationPipeline
 
 AutoConfig.register(DualAttentionResNetConfig.model_type, DualAttentionResNetConfig, exist_ok=True)
 AutoModel.register(DualAttentionResNetConfig, DualAttentionResNetModel, exist_ok=True)
@@ -36,12 +34,28 @@ DualAttentionResNetConfig.register_for_auto_class()
 DualAttentionResNetModel.register_for_auto_class("AutoModel")
 DualAttentionResNetForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 CTImageProcessor.register_for_auto_class("AutoImageProcessor")
-# The config writes the same entry into every saved config.json (`custom_pipelines`); registering it
-# here lets a pipeline built in this process be saved with `save_pretrained` as transformers expects.
-PIPELINE_REGISTRY.register_pipeline(
-    PIPELINE_TASK, pipeline_class=CTMetastasisClassificationPipeline, pt_model=AutoModelForImageClassification,
-    type="image",
-)
+
+
+def __getattr__(name):
+    """`modeling.CTMetastasisClassificationPipeline`, imported on first use: it needs `transformers.pipelines`,
+    which importing or loading the model does not.
+
+    It is then registered for its task, as config.json's `custom_pipelines` names it in every saved folder,
+    so that a pipeline built in this process can be saved with `save_pretrained` as transformers expects.
+    """
+    if name != "CTMetastasisClassificationPipeline":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from .pipeline_ct_classification import CTMetastasisClassificationPipeline
+
+    PIPELINE_REGISTRY.register_pipeline(
+        PIPELINE_TASK, pipeline_class=CTMetastasisClassificationPipeline, pt_model=AutoModelForImageClassification,
+        type="image",
+    )
+    globals()[name] = CTMetastasisClassificationPipeline
+    return CTMetastasisClassificationPipeline
+
 
 __all__ = [
     "ATTENTION_MODES",

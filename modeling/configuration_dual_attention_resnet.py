@@ -15,6 +15,8 @@ from .attention import SPATIAL_GATES, SPATIAL_PADDINGS
 ATTENTION_MODES = ("dual", "channel", "spatial", "none")
 METASTATIC_LABEL = "metastatic"
 # Stages as a ResNet counts them: 4 is the last stage (the paper's place for attention), 3 the one before.
+# `modeling_dual_attention_resnet.backbone_stage` finds a number's module in any timm CNN.
+LAST_STAGE = 4
 SPATIAL_ATTENTION_STAGES = ([4], [3], [3, 4])
 GRADCAM_STAGES = (4, 3)
 LOCALISATION_MAPS = ("attention", "gradcam")
@@ -57,8 +59,8 @@ class DualAttentionResNetConfig(PretrainedConfig):
             Where the spatial branch sits, stages counted as in a ResNet: `[4]` the last stage (the
             paper's, inside the dual module), `[3]` the stage before it (twice the resolution: 14 x 14
             at 224 px), `[3, 4]` both. On stage 3 the map multiplies that stage's output (CBAM's
-            form), and stage 4 keeps the channel branch only when `[3]`. Also given as `3`, `"3"` or
-            `"3+4"`. The model's `spatial_attention` output is the finest map.
+            form), and stage 4 keeps the channel branch only when `[3]`. A single stage may be given as an
+            int (`3`). The model's `spatial_attention` output is the finest map.
         spatial_gate (`str`, *optional*, defaults to `"conv"`):
             `"conv"` (the paper's: conv, sigmoid) or `"conv_bn"` (CBAM's and timm's: conv, BatchNorm, sigmoid).
         spatial_padding (`str`, *optional*, defaults to `"zeros"`):
@@ -137,8 +139,7 @@ class DualAttentionResNetConfig(PretrainedConfig):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         stages = _stage_list(spatial_attention_stages)
-        _check_spatial_variant(attention, stages, spatial_attention_stages, spatial_gate, spatial_padding,
-                               attention_loss_weight)
+        _check_spatial_variant(attention, stages, spatial_gate, spatial_padding, attention_loss_weight)
         if gradcam_stage not in GRADCAM_STAGES or isinstance(gradcam_stage, bool):
             raise ValueError(f"`gradcam_stage` must be one of {GRADCAM_STAGES}, got {gradcam_stage!r}.")
         _check_evaluation_notes(localisation, threshold_note)
@@ -168,31 +169,31 @@ class DualAttentionResNetConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
+def _is_whole_number(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _stage_list(stages) -> list:
-    """`4`, `"3+4"`, `(3, 4)` or `[3, 4]` -> a sorted list of ints; anything else is returned as given."""
-    if isinstance(stages, int) and not isinstance(stages, bool):
-        return [stages]
-    if isinstance(stages, str):
-        parts = stages.split("+")
-        return sorted(int(part) for part in parts) if all(part.strip().isdigit() for part in parts) else stages
-    if isinstance(stages, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) for s in stages):
-        return sorted(stages)
-    return stages
+    """`3`, `4`, or a list or tuple of them -> a sorted list; anything else is a one-line ValueError.
+
+    config.json stores the list; strings such as the command line's "3+4" are parsed by `training`.
+    """
+    numbers_given = [stages] if _is_whole_number(stages) else stages
+    if isinstance(numbers_given, (list, tuple)) and all(map(_is_whole_number, numbers_given)):
+        if sorted(numbers_given) in SPATIAL_ATTENTION_STAGES:
+            return sorted(numbers_given)
+    raise ValueError(f"`spatial_attention_stages` must be one of {SPATIAL_ATTENTION_STAGES} (or 3, 4), got {stages!r}.")
 
 
-def _check_spatial_variant(attention, stages, given_stages, spatial_gate, spatial_padding, attention_loss_weight):
-    """One-line ValueErrors for the spatial branch's variant fields (`stages` is `given_stages` normalised)."""
-    if stages not in SPATIAL_ATTENTION_STAGES:
-        raise ValueError(
-            f"`spatial_attention_stages` must be one of {SPATIAL_ATTENTION_STAGES} (or 3, '3+4'), got {given_stages!r}."
-        )
+def _check_spatial_variant(attention, stages, spatial_gate, spatial_padding, attention_loss_weight):
+    """One-line ValueErrors for the spatial branch's variant fields (`stages` already checked)."""
     if spatial_gate not in SPATIAL_GATES:
         raise ValueError(f"`spatial_gate` must be one of {SPATIAL_GATES}, got {spatial_gate!r}.")
     if spatial_padding not in SPATIAL_PADDINGS:
         raise ValueError(f"`spatial_padding` must be one of {SPATIAL_PADDINGS}, got {spatial_padding!r}.")
     if not isinstance(attention_loss_weight, numbers.Real) or not attention_loss_weight >= 0.0:
         raise ValueError(f"`attention_loss_weight` must be a non-negative number, got {attention_loss_weight!r}.")
-    if attention in ("channel", "none") and (stages != [4] or attention_loss_weight > 0):
+    if attention in ("channel", "none") and (stages != [LAST_STAGE] or attention_loss_weight > 0):
         raise ValueError(
             "`spatial_attention_stages` and `attention_loss_weight` need a spatial branch "
             f"(attention 'dual' or 'spatial'), got attention={attention!r}."

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .configuration_dual_attention_resnet import GRADCAM_STAGES
+from .configuration_dual_attention_resnet import GRADCAM_STAGES, LAST_STAGE
 from .image_processing_ct import resize_slice
+from .modeling_dual_attention_resnet import backbone_stage
 
 # `method=` names for pytorch-grad-cam's classes; "gradcam" is the one-pass implementation here.
 LIBRARY_CAM_METHODS = {
@@ -43,8 +44,9 @@ def is_token_model(backbone: nn.Module) -> bool:
 def target_layer_name(backbone: nn.Module, stage: int = 4) -> str:
     """Name of the backbone module whose output Grad-CAM explains.
 
-    CNNs: stage `stage` counted as in a ResNet (`config.gradcam_stage`): 4 the last stage of timm's
-    `feature_info` (`layer4` for ResNets), 3 the one before it (`layer3`, twice the resolution). Token
+    CNNs: stage `stage` counted as in a ResNet (`config.gradcam_stage`, `backbone_stage`): 4 the last
+    stage of timm's `feature_info` (`layer4` for ResNets), 3 the one before it (`layer3`, twice the
+    resolution). Token
     models (ViT, one resolution throughout): the last block's `norm1`, because the class token is
     pooled after a per-token norm, so at the stage's output only the class token has a gradient;
     `norm1` is where the patch tokens still mix into it (pytorch-grad-cam's recipe for ViTs).
@@ -55,14 +57,19 @@ def target_layer_name(backbone: nn.Module, stage: int = 4) -> str:
         if stage != 4:
             raise ValueError(f"gradcam_stage={stage} needs a CNN backbone; a token model has one resolution (use 4)")
         return f"blocks.{len(backbone.blocks) - 1}.norm1"
-    return backbone.feature_info[stage - 5]["module"]
+    return backbone_stage(backbone, stage).name
 
 
 def target_layer(model: nn.Module) -> nn.Module:
-    """The module of `model.dual_attention_resnet.backbone` named by `target_layer_name` for the
-    model's `config.gradcam_stage` (4 for configs saved before the field existed)."""
-    backbone = model.dual_attention_resnet.backbone
-    return backbone.get_submodule(target_layer_name(backbone, getattr(model.config, "gradcam_stage", 4)))
+    """The module whose output Grad-CAM explains, for the model's `config.gradcam_stage` (4 for configs
+    saved before the field existed): the backbone's module named by `target_layer_name`, or, for stage 3
+    behind a stage-3 spatial gate, the model's `gated_stage3_output`, through which the gated features pass
+    (a model loaded with older remote code has none: its gate was a hook inside the stage's module)."""
+    base = model.dual_attention_resnet
+    stage = getattr(model.config, "gradcam_stage", 4)
+    if stage == 3 and getattr(base, "gated_stage3_output", None) is not None:
+        return base.gated_stage3_output
+    return base.backbone.get_submodule(target_layer_name(base.backbone, stage))
 
 
 def gradcam_title(config) -> str:
@@ -81,7 +88,9 @@ def gradcam_contents(gradcam_stage: int = 4, spatial_attention_stages=(4,), atte
     paper's place, the dual module after stage 4, is downstream of what stage-4 Grad-CAM explains.
     """
     spatial = attention in ("dual", "spatial")
-    gates_before = [stage for stage in spatial_attention_stages if spatial and stage < 4 and stage <= gradcam_stage]
+    gates_before = [
+        stage for stage in spatial_attention_stages if spatial and stage < LAST_STAGE and stage <= gradcam_stage
+    ]
     if gates_before:
         where = "that stage" if gates_before[-1] == gradcam_stage else f"stage {gates_before[-1]}, before it"
         return (f"This Grad-CAM explains backbone stage {gradcam_stage}, whose features the spatial attention map "

@@ -9,23 +9,24 @@ gate and padding, and supervise its map with lesion masks; the defaults are the 
 
 import math
 import os
-import threading
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import timm
 import torch
+from timm.models import checkpoint_seq
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .attention import DualAttention, SpatialAttention, attention_supervision_loss
-from .configuration_dual_attention_resnet import DualAttentionResNetConfig
+from .configuration_dual_attention_resnet import GRADCAM_STAGES, LAST_STAGE, DualAttentionResNetConfig
 
-# Imported so that `save_pretrained` copies the DICOM pipeline that config.json's `custom_pipelines`
-# names: transformers copies a model's file together with everything it imports relatively.
-from .pipeline_ct_classification import CTMetastasisClassificationPipeline  # noqa: F401
+# The top-level modules of timm CNNs where `forward_head` begins (pooling or classifier): ResNet, EfficientNet
+# and DenseNet `global_pool`; ConvNeXt, RegNet, NFNet and ByobNet `head`; VGG `pre_logits`.
+_HEAD_MODULE_NAMES = ("global_pool", "head", "pre_logits", "fc", "classifier")
 
 
 @dataclass
@@ -37,9 +38,9 @@ class DualAttentionResNetModelOutput(ModelOutput):
         pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
             Pooled features that the classifier reads.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`):
-            The backbone's stage outputs from timm's `forward_intermediates`, stem first, each
-            `(batch_size, channels_i, h_i, w_i)` (a ResNet: stem and stages 1-4); a stage with spatial
-            attention is given after it.
+            The backbone's stage outputs as timm's `forward_intermediates` gives them, stem first, each
+            `(batch_size, channels_i, h_i, w_i)` (a ResNet: stem and stages 1-4); stage 3 with a spatial
+            gate is given after the gate.
         channel_attention (`torch.FloatTensor` of shape `(batch_size, channels)`, *optional*):
             Squeeze-and-excitation weights; None when the channel branch is off.
         spatial_attention (`torch.FloatTensor` of shape `(batch_size, 1, h, w)`, *optional*):
@@ -106,23 +107,60 @@ def _has_spatial_feature_map(backbone: nn.Module) -> bool:
     return len(reductions) > 1 and getattr(backbone, "output_fmt", "NCHW") == "NCHW"
 
 
-def _stage_output_module(backbone: nn.Module, index: int) -> nn.Module:
-    """The module whose output is the feature map of timm `feature_info[index]`.
+class BackboneStage(NamedTuple):
+    """A backbone stage as timm's `feature_info` gives it: the module's `name` in the backbone, the
+    `module`, and its output `channels`."""
 
-    A stage that is a `Sequential` of blocks is represented by its last block: under gradient
-    checkpointing timm calls the blocks one by one and never the stage module itself.
+    name: str
+    module: nn.Module
+    channels: int
+
+
+def backbone_stage(backbone: nn.Module, stage: int) -> BackboneStage:
+    """Stage `stage` of a timm CNN, counted as in a ResNet (`config.spatial_attention_stages`,
+    `config.gradcam_stage`): 4 the last entry of timm's `feature_info` (`layer4` for ResNets), 3 the
+    one before it (`layer3`, twice the resolution)."""
+    if stage not in GRADCAM_STAGES or isinstance(stage, bool):
+        raise ValueError(f"A backbone stage is one of {GRADCAM_STAGES} (as a ResNet counts them), got {stage!r}.")
+    info = backbone.feature_info[stage - LAST_STAGE - 1]
+    return BackboneStage(info["module"], backbone.get_submodule(info["module"]), info["num_chs"])
+
+
+def _feature_modules(module: nn.Module, stage_names: list, prefix: str = "") -> list:
+    """`(name, module)` in the order the backbone's `forward_features` runs them, each stage one entry.
+
+    The backbone's children up to its head (`_HEAD_MODULE_NAMES`); a `Sequential` child that holds
+    stages (ConvNeXt's `stages`, EfficientNet's `blocks`) is opened into its entries, as timm's
+    `FeatureListNet` does. `stage_names` are the `feature_info` module names.
     """
-    module = backbone.get_submodule(backbone.feature_info[index]["module"])
-    if isinstance(module, nn.Sequential) and len(module) > 0:
-        return module[-1]
-    return module
+    entries = []
+    for name, child in module.named_children():
+        if not prefix and name in _HEAD_MODULE_NAMES:
+            break
+        full_name = prefix + name
+        if isinstance(child, nn.Sequential) and any(stage.startswith(full_name + ".") for stage in stage_names):
+            entries += _feature_modules(child, stage_names, full_name + ".")
+        else:
+            entries.append((full_name, child))
+    return entries
+
+
+def _check_runs_stage_by_stage(backbone: nn.Module, backbone_name: str):
+    """A stage-3 gate runs the backbone module by module (`_feature_modules`): every stage must be one of them."""
+    stage_names = [info["module"] for info in backbone.feature_info]
+    missing = sorted(set(stage_names) - {name for name, _ in _feature_modules(backbone, stage_names)})
+    if missing:
+        raise ValueError(
+            f"`spatial_attention_stages` with stage 3 needs a backbone whose stages are its top-level modules "
+            f"(or entries of a top-level Sequential); {backbone_name!r} has stages {missing} inside other modules."
+        )
 
 
 def _last_stage_attention_mode(attention: str, spatial_stages: list) -> Optional[str]:
     """The `DualAttention` mode on the last stage, or None: the spatial branch moves to stage 3 when asked."""
     if attention == "none":
         return None
-    if attention == "channel" or 4 in spatial_stages:
+    if attention == "channel" or LAST_STAGE in spatial_stages:
         return attention
     return "channel" if attention == "dual" else None
 
@@ -188,6 +226,20 @@ class DualAttentionResNetPreTrainedModel(PreTrainedModel):
         # timm checkpoints the backbone's blocks itself; the attention and head are small.
         self.base_model.backbone.set_grad_checkpointing(enable)
 
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
+        """`PreTrainedModel.save_pretrained`; saved as remote code, the folder also gets the DICOM pipeline's
+        file, which config.json's `custom_pipelines` names.
+
+        The pipeline is imported here, not with the model: it needs `transformers.pipelines`, which
+        loading or running the model does not. (Because this line names it, transformers also fetches
+        the file with the model's code.)
+        """
+        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process and self._auto_class is not None and os.path.isdir(save_directory):
+            from .pipeline_ct_classification import CTMetastasisClassificationPipeline
+
+            custom_object_save(CTMetastasisClassificationPipeline, save_directory)
+
 
 class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
     """Backbone + attention + pooling, without the classifier."""
@@ -215,24 +267,18 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
                 self.num_features, last_stage_mode, config.se_reduction, config.spatial_kernel_size,
                 config.spatial_gate, config.spatial_padding,
             )
-        self.stage3_attention = None
+        self.stage3_attention = self.gated_stage3_output = None
         if 3 in spatial_stages:
+            _check_runs_stage_by_stage(self.backbone, config.backbone)
             self.stage3_attention = SpatialAttention(
                 config.spatial_kernel_size, config.spatial_gate, config.spatial_padding
             )
-            # The hook hands each forward's map to `forward` by thread: a served model answers
-            # concurrent requests from several threads.
-            self._stage3_maps = {}
-            _stage_output_module(self.backbone, -2).register_forward_hook(self._attend_stage3)
+            # No parameters: the gated stage-3 features pass through it, so that a forward hook sees
+            # them where it sees any stage's output (Grad-CAM's target layer for `gradcam_stage=3`).
+            self.gated_stage3_output = nn.Identity()
         self.frozen_parameter_names = _frozen_parameter_names(self.backbone, config.frozen_stages)
         self._freeze_parameters()
         self.post_init()
-
-    def _attend_stage3(self, module, args, output: torch.Tensor) -> torch.Tensor:
-        """Forward hook on stage 3: `output * spatial weights`, the weights kept for `forward`."""
-        weights = self.stage3_attention(output)
-        self._stage3_maps[threading.get_ident()] = weights
-        return output * weights
 
     def _freeze_parameters(self):
         frozen = set(self.frozen_parameter_names)
@@ -287,19 +333,52 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(batch, 3, H, W)` -> last-stage features `(batch, channels, h, w)` (tokens for ViTs).
 
-        Stage-3 spatial attention, when configured, is applied inside (a hook on that stage).
+        Stage-3 spatial attention, when configured, multiplies stage 3's output on the way.
         """
-        return self.backbone.forward_features(pixel_values)
+        return self._backbone_outputs(pixel_values, output_hidden_states=False)[0]
 
     def forward_intermediates(self, pixel_values: torch.Tensor) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
-        """`forward_features` plus every stage's output, through timm's `forward_intermediates`."""
+        """`forward_features` plus every stage's output, as timm's `forward_intermediates` gives them."""
+        features, hidden_states, _ = self._backbone_outputs(pixel_values, output_hidden_states=True)
+        return features, hidden_states
+
+    def _backbone_outputs(self, pixel_values: torch.Tensor, output_hidden_states: bool):
+        """`(features, hidden_states or None, stage-3 spatial weights or None)`."""
+        if self.stage3_attention is not None:
+            return self._forward_stages_with_gate(pixel_values, output_hidden_states)
+        if not output_hidden_states:
+            return self.backbone.forward_features(pixel_values), None, None
         if not hasattr(self.backbone, "forward_intermediates"):
             raise ValueError(
                 f"`output_hidden_states=True` needs a timm backbone with `forward_intermediates`; "
                 f"{self.config.backbone!r} has none."
             )
         features, intermediates = self.backbone.forward_intermediates(pixel_values)
-        return features, tuple(intermediates)
+        return features, tuple(intermediates), None
+
+    def _forward_stages_with_gate(self, pixel_values: torch.Tensor, output_hidden_states: bool):
+        """The backbone's `forward_features` module by module, stage 3's output multiplied by its spatial
+        weights (CBAM's form) before stage 4 reads it. Returns `_backbone_outputs`' triple.
+
+        Under timm's gradient checkpointing (`backbone.grad_checkpointing`) each stage is checkpointed
+        block by block, as timm's ResNet does; models that checkpoint inside their stages (ConvNeXt) do
+        it themselves.
+        """
+        stage_names = [info["module"] for info in self.backbone.feature_info]
+        gated_stage = backbone_stage(self.backbone, 3).name
+        checkpointing = getattr(self.backbone, "grad_checkpointing", False) and torch.is_grad_enabled()
+        features, stage_outputs, stage3_weights = pixel_values, [], None
+        for name, module in _feature_modules(self.backbone, stage_names):
+            if checkpointing and name in stage_names[1:]:
+                features = checkpoint_seq(module if isinstance(module, nn.Sequential) else [module], features)
+            else:
+                features = module(features)
+            if name == gated_stage:
+                stage3_weights = self.stage3_attention(features)
+                features = self.gated_stage3_output(features * stage3_weights)
+            if name in stage_names:
+                stage_outputs.append(features)
+        return features, tuple(stage_outputs) if output_hidden_states else None, stage3_weights
 
     def forward(
         self,
@@ -317,12 +396,7 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        hidden_states = None
-        if output_hidden_states:
-            features, hidden_states = self.forward_intermediates(pixel_values)
-        else:
-            features = self.forward_features(pixel_values)
-        stage3_map = self._stage3_maps.pop(threading.get_ident()) if self.stage3_attention is not None else None
+        features, hidden_states, stage3_map = self._backbone_outputs(pixel_values, output_hidden_states)
         channel_attention = spatial_attention = None
         if self.attention is not None:
             features, channel_attention, spatial_attention = self.attention(features)

@@ -37,7 +37,7 @@ def test_shapes_ranges_and_probability_equal_the_models_sigmoid(attention):
     model = tiny_model(attention=attention)
     pixel_values = structured_pixels(size=96)
     with torch.no_grad():
-        expected = torch.sigmoid(model(pixel_values).logits[:, 0])
+        expected = torch.sigmoid(model(pixel_values).logits[:, 0].double())  # explain answers in float64
 
     maps = explain(model, pixel_values)
 
@@ -59,7 +59,7 @@ def test_explains_in_eval_mode_restores_train_mode_and_leaves_no_parameter_gradi
     model = tiny_model(dropout=0.9)
     pixel_values = structured_pixels()
     with torch.no_grad():
-        expected = torch.sigmoid(model(pixel_values).logits[:, 0])
+        expected = torch.sigmoid(model(pixel_values).logits[:, 0].double())  # explain answers in float64
     model.train()
 
     maps = explain(model, pixel_values)
@@ -107,6 +107,29 @@ def test_gradcam_matches_pytorch_grad_cam_on_the_same_layer(backbone, attention,
     reference = library_gradcam(model, pixel_values)
 
     assert target_layer(model) is model.dual_attention_resnet.backbone.get_submodule(f"layer{stage}")
+    for image in range(len(pixel_values)):
+        assert reference[image].max() > 0
+        assert np.corrcoef(ours[image].ravel(), reference[image].ravel())[0, 1] >= 0.99
+    np.testing.assert_allclose(ours, reference, atol=1e-3)
+
+
+def test_stage3_gradcam_behind_the_stage3_gate_explains_the_gated_features_and_matches_pytorch_grad_cam():
+    torch.manual_seed(1)
+    config = DualAttentionResNetConfig(backbone="resnet10t", spatial_attention_stages=[3], gradcam_stage=3)
+    model = DualAttentionResNetForImageClassification(config).eval()
+    model.classifier.weight.data.abs_()
+    pixel_values = structured_pixels(size=96)
+    seen = []
+    hook = target_layer(model).register_forward_hook(lambda module, args, output: seen.append(output))
+    with torch.no_grad():
+        output = model(pixel_values, output_hidden_states=True)
+    hook.remove()
+
+    ours = explain(model, pixel_values)["gradcam"].numpy()
+    reference = library_gradcam(model, pixel_values)
+
+    assert target_layer(model) is model.dual_attention_resnet.gated_stage3_output
+    torch.testing.assert_close(seen[0], output.hidden_states[3], rtol=0, atol=0)  # stage 3 after the gate
     for image in range(len(pixel_values)):
         assert reference[image].max() > 0
         assert np.corrcoef(ours[image].ravel(), reference[image].ravel())[0, 1] >= 0.99

@@ -3,6 +3,7 @@
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import safetensors.torch
 import timm
 import torch
 from conftest import TINY_BACKBONE, TINY_SIZE, tiny_model
+from torch import nn
 
 from modeling import (
     ATTENTION_MODES,
@@ -18,6 +20,8 @@ from modeling import (
     DualAttentionResNetModel,
 )
 from modeling.attention import DualAttention, attention_supervision_loss
+from modeling.explain import explain
+from modeling.modeling_dual_attention_resnet import _check_runs_stage_by_stage, backbone_stage
 
 # resnet10t: 512 channels on a 2 x 2 map at 64 px (reduction 32).
 TINY_CHANNELS, TINY_MAP = 512, TINY_SIZE // 32
@@ -225,7 +229,7 @@ def test_config_json_round_trip(tmp_path):
     }
     config = DualAttentionResNetConfig(
         backbone="resnet18", attention="spatial", se_reduction=8, spatial_kernel_size=3, dropout=0.25,
-        frozen_stages=1, decision_threshold=0.37, image_size=128, spatial_attention_stages="3+4",
+        frozen_stages=1, decision_threshold=0.37, image_size=128, spatial_attention_stages=(4, 3),
         spatial_gate="conv_bn", spatial_padding="replicate", attention_loss_weight=0.5,
         localisation=localisation, threshold_note="validation separates perfectly; threshold 0.9963",
     )
@@ -267,6 +271,12 @@ def test_config_json_round_trip(tmp_path):
         ("num_channels", 3.0),
         ("spatial_attention_stages", "5"),
         ("spatial_attention_stages", [2, 3]),
+        # strings are the command line's, parsed by training (training.train.parse_stages)
+        ("spatial_attention_stages", "3"),
+        ("spatial_attention_stages", "3+4"),
+        ("spatial_attention_stages", [3, 3]),
+        ("spatial_attention_stages", [3.0]),
+        ("spatial_attention_stages", True),
         ("spatial_gate", "bn"),
         ("spatial_padding", "circular"),
         ("attention_loss_weight", -0.5),
@@ -387,7 +397,7 @@ def test_output_hidden_states_gives_every_stage_and_the_same_logits():
     torch.testing.assert_close(output.spatial_attention, plain.spatial_attention)
 
 
-@pytest.mark.parametrize("stages", ["4", "3+4"])
+@pytest.mark.parametrize("stages", [[4], [3, 4]])
 def test_gradient_checkpointing_goes_through_timm_and_gives_the_same_gradients(stages):
     def gradients(checkpointing):
         model = tiny_model(dropout=0.0, spatial_attention_stages=stages).train()
@@ -415,7 +425,7 @@ def test_gradient_checkpointing_goes_through_timm_and_gives_the_same_gradients(s
     ("overrides", "map_side", "new_keys"),
     [
         ({}, TINY_MAP, set()),
-        ({"spatial_attention_stages": "3"}, 2 * TINY_MAP, {"dual_attention_resnet.stage3_attention.conv.weight"}),
+        ({"spatial_attention_stages": [3]}, 2 * TINY_MAP, {"dual_attention_resnet.stage3_attention.conv.weight"}),
         ({"spatial_attention_stages": [3, 4]}, 2 * TINY_MAP, {"dual_attention_resnet.stage3_attention.conv.weight"}),
         ({"attention": "spatial", "spatial_attention_stages": 3}, 2 * TINY_MAP, set()),
         ({"spatial_gate": "conv_bn"}, TINY_MAP, {
@@ -437,14 +447,14 @@ def test_spatial_variants_shapes_and_weight_names(overrides, map_side, new_keys)
     if overrides.get("attention") == "spatial":  # no channel branch; the spatial one moves to stage 3
         assert not any(".attention." in key for key in keys)
         return
-    if overrides.get("spatial_attention_stages") == "3":
+    if overrides.get("spatial_attention_stages") == [3]:
         default_keys.discard("dual_attention_resnet.attention.spatial.conv.weight")
     assert keys == default_keys | new_keys
 
 
 def test_stage3_maps_stay_with_their_own_request_under_concurrent_forwards():
     """A served model answers requests from several threads; each must get its own stage-3 map."""
-    model = tiny_model(spatial_attention_stages="3")
+    model = tiny_model(spatial_attention_stages=[3])
     inputs = [_pixels(batch=1, seed=seed) for seed in range(4)]
     with torch.no_grad():
         expected = [model(x).spatial_attention for x in inputs]
@@ -456,7 +466,119 @@ def test_stage3_maps_stay_with_their_own_request_under_concurrent_forwards():
             results = list(pool.map(forward, [i % 4 for i in range(24)]))
     for index, spatial in results:
         torch.testing.assert_close(spatial, expected[index])
-    assert model.dual_attention_resnet._stage3_maps == {}  # nothing kept after the forwards
+
+
+def test_backbone_stage_names_stage_3_and_4_as_a_resnet_counts_them():
+    resnet = timm.create_model(TINY_BACKBONE, num_classes=0)
+    convnext = timm.create_model("test_convnext", num_classes=0)
+    assert [backbone_stage(resnet, stage)[::2] for stage in (3, 4)] == [("layer3", 256), ("layer4", TINY_CHANNELS)]
+    assert backbone_stage(resnet, 3).module is resnet.layer3
+    assert [backbone_stage(convnext, stage).name for stage in (3, 4)] == ["stages.2", "stages.3"]
+    for stage in (2, 5, True):
+        with pytest.raises(ValueError, match=rf"one of \(4, 3\).*got {stage!r}"):
+            backbone_stage(resnet, stage)
+
+
+def test_a_stage_3_gate_on_a_backbone_whose_stages_are_nested_is_refused_in_one_line():
+    """The gate runs the backbone module by module; stages inside another module (not a Sequential) cannot be."""
+
+    class Body(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer3, self.layer4 = nn.Identity(), nn.Identity()
+
+    backbone = nn.Module()
+    backbone.stem, backbone.body = nn.Identity(), Body()
+    backbone.feature_info = [{"module": name} for name in ("stem", "body.layer3", "body.layer4")]
+    with pytest.raises(ValueError) as info:
+        _check_runs_stage_by_stage(backbone, "nested")
+    assert "['body.layer3', 'body.layer4']" in str(info.value) and "\n" not in str(info.value)
+
+
+def _tensors_kept_outside_weights(model) -> list:
+    """Attributes of the model's modules that hold tensors, other than parameters and buffers."""
+    kept = []
+    for module_name, module in model.named_modules():
+        for attribute, value in vars(module).items():
+            values = value.values() if isinstance(value, dict) else [value]
+            if attribute not in ("_parameters", "_buffers") and any(isinstance(v, torch.Tensor) for v in values):
+                kept.append(f"{module_name}.{attribute}")
+    return kept
+
+
+def test_a_checkpointed_training_step_leaves_no_tensor_in_the_model():
+    """The stage-3 map is a local of the forward: recomputation under gradient checkpointing leaves nothing behind."""
+    model = tiny_model(spatial_attention_stages=[3]).train()
+    model.gradient_checkpointing_enable()
+    model(_pixels(), labels=torch.tensor([1, 0])).loss.backward()
+    assert _tensors_kept_outside_weights(model) == []
+
+
+def _hooked_stage3_gate(model):
+    """The gate as it was until the checkpoint in tests/fixtures: a forward hook on stage 3's module."""
+    base = model.dual_attention_resnet
+    stage3 = base.backbone.get_submodule(base.backbone.feature_info[-2]["module"])
+    return stage3.register_forward_hook(lambda module, args, output: output * base.stage3_attention(output))
+
+
+@pytest.mark.parametrize(
+    ("backbone", "size"),
+    [("test_resnet", 64), ("test_convnext", 64), ("test_efficientnet", 64), ("test_byobnet", 64), ("test_nfnet", 64),
+     ("regnetx_002", 64), ("densenet121", 64), ("vgg11", 64)],
+)
+def test_the_stage3_gate_runs_any_timm_cnn_as_a_hook_on_its_stage_3_would(backbone, size):
+    """Run module by module, a backbone computes what timm's own `forward_intermediates` computes with the gate
+    hooked onto stage 3's output: the same stage outputs (stage 3's gated), the same last-stage features."""
+    torch.manual_seed(0)
+    config = DualAttentionResNetConfig(backbone=backbone, spatial_attention_stages=[3], image_size=size)
+    model = DualAttentionResNetForImageClassification(config).eval()
+    base = model.dual_attention_resnet
+    pixels = _pixels(batch=2, size=size)
+    with torch.no_grad():
+        features, hidden_states = base.forward_intermediates(pixels)
+        hook = _hooked_stage3_gate(model)
+        try:
+            hooked_features, hooked_states = base.backbone.forward_intermediates(pixels)
+        finally:
+            hook.remove()
+        ungated = base.backbone.forward_features(pixels)
+
+    torch.testing.assert_close(features, hooked_features, rtol=0, atol=1e-6)
+    assert len(hidden_states) == len(hooked_states) == len(base.backbone.feature_info)
+    for got, expected in zip(hidden_states, hooked_states, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(features, ungated)  # the gate changed something
+
+
+STAGE3_GATE_V1 = Path(__file__).parent / "fixtures" / "stage3_gate_v1"
+
+
+def test_a_checkpoint_saved_before_the_gate_became_a_module_loads_with_identical_outputs():
+    """A checkpoint written when the stage-3 gate was a forward hook (tests/fixtures/make_stage3_gate_v1.py, run
+    at commit 5d4c9ef) loads without missing or unexpected weights and computes what it computed then: logits,
+    both attention outputs, every hidden state (stage 3's gated) and explain()'s maps, Grad-CAM on the
+    gated stage 3 included."""
+    expected = np.load(STAGE3_GATE_V1 / "expected.npz")
+    model, loading = DualAttentionResNetForImageClassification.from_pretrained(STAGE3_GATE_V1, output_loading_info=True)
+    pixel_values = torch.from_numpy(expected["pixel_values"])
+    with torch.no_grad():
+        output = model(pixel_values, output_hidden_states=True)
+    got = {
+        "logits": output.logits,
+        "spatial_attention": output.spatial_attention,
+        "channel_attention": output.channel_attention,
+        **{f"hidden_state_{i}": state for i, state in enumerate(output.hidden_states)},
+        **{f"explain_{name}": value for name, value in explain(model, pixel_values).items()},
+    }
+    model.config.gradcam_stage = 3
+    got["explain_stage3_gradcam"] = explain(model, pixel_values)["gradcam"]
+
+    assert not loading["missing_keys"] and not loading["unexpected_keys"]
+    assert model.config.spatial_attention_stages == [3] and model.dual_attention_resnet.stage3_attention is not None
+    assert set(got) == set(expected) - {"pixel_values"}
+    assert expected["explain_stage3_gradcam"].max() == 1.0  # a map that can disagree
+    for name, value in got.items():
+        np.testing.assert_allclose(value.numpy(), expected[name], rtol=0, atol=1e-6, err_msg=name)
 
 
 def test_default_config_keeps_the_paper_weight_names():
@@ -513,7 +635,7 @@ def test_attention_supervision_loss_is_larger_for_a_map_that_misses_the_lesion()
     assert both.item() == pytest.approx(hit.item())
 
 
-@pytest.mark.parametrize("stages", ["4", "3"])
+@pytest.mark.parametrize("stages", [[4], [3]])
 def test_attention_supervision_adds_to_the_loss_and_reaches_the_spatial_conv(stages):
     mask = torch.zeros(2, TINY_SIZE, TINY_SIZE)
     mask[0, 5:20, 40:60] = 1
@@ -527,7 +649,7 @@ def test_attention_supervision_adds_to_the_loss_and_reaches_the_spatial_conv(sta
     torch.testing.assert_close(output.loss, plain_output.loss + expected_extra)
 
     base = supervised.dual_attention_resnet
-    spatial_conv = (base.stage3_attention if stages == "3" else base.attention.spatial).conv
+    spatial_conv = (base.stage3_attention if stages == [3] else base.attention.spatial).conv
     (output.loss - plain_output.loss.detach()).backward()
     assert spatial_conv.weight.grad is not None and spatial_conv.weight.grad.abs().sum() > 0
 
@@ -536,7 +658,7 @@ def test_attention_supervision_runs_under_bf16_autocast():
     """BCE on probabilities is refused under CUDA autocast; the loss is written out in float32 instead."""
     mask = torch.zeros(2, TINY_SIZE, TINY_SIZE)
     mask[0, 5:20, 40:60] = 1
-    model = tiny_model(spatial_attention_stages="3", attention_loss_weight=1.0).train()
+    model = tiny_model(spatial_attention_stages=[3], attention_loss_weight=1.0).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(_pixels(), labels=torch.tensor([1, 0]), lesion_mask=mask).loss
     assert loss.dtype == torch.float32 and torch.isfinite(loss)

@@ -2,7 +2,10 @@
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +136,51 @@ def test_pipeline_score_for_metastatic_is_the_sigmoid_of_the_logit(remote_run):
     [prediction] = report["pipeline"]
     assert prediction["label"] == "metastatic"
     assert prediction["score"] == pytest.approx(torch.sigmoid(remote["png_logits"]).item(), abs=1e-6)
+
+
+# Loading and running the model, as remote code, must not import `transformers.pipelines` (the pipeline's
+# base classes and everything they import); saving it, which writes the pipeline's file, may.
+NO_PIPELINES_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    sys.modules["modeling"] = None
+    sys.modules["training"] = None
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    model_dir, save_dir = sys.argv[1:]
+    model = AutoModelForImageClassification.from_pretrained(model_dir, trust_remote_code=True)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 64, 64))
+    imported_before_saving = "transformers.pipelines" in sys.modules
+    model.save_pretrained(save_dir)
+    print(json.dumps({"before_saving": imported_before_saving, "saved": sorted(os.listdir(save_dir))}))
+    """
+)
+
+
+def test_loading_and_running_the_model_as_remote_code_does_not_import_transformers_pipelines(
+    tiny_model_dir, tmp_path
+):
+    report = run_user_script(NO_PIPELINES_SCRIPT, tmp_path, tiny_model_dir, tmp_path / "resaved")
+    assert report["before_saving"] is False
+    assert "pipeline_ct_classification.py" in report["saved"]
+
+
+def test_importing_modeling_does_not_import_transformers_pipelines_until_the_pipeline_is_asked_for(tiny_model_dir):
+    script = (
+        "import json, sys, torch, modeling\n"
+        "model = modeling.DualAttentionResNetForImageClassification.from_pretrained(sys.argv[1])\n"
+        "with torch.no_grad(): model(torch.zeros(1, 3, 64, 64))\n"
+        "before = 'transformers.pipelines' in sys.modules\n"
+        "pipeline_class = modeling.CTMetastasisClassificationPipeline\n"
+        "from transformers.pipelines import PIPELINE_REGISTRY\n"
+        "registered = PIPELINE_REGISTRY.supported_tasks[modeling.PIPELINE_TASK]['impl'] is pipeline_class\n"
+        "print(json.dumps({'before': before, 'registered': registered}))\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)}
+    completed = subprocess.run([sys.executable, "-c", script, str(tiny_model_dir)], cwd=repo, env=env,
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads(completed.stdout.strip().splitlines()[-1]) == {"before": False, "registered": True}

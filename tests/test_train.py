@@ -22,8 +22,10 @@ from training.train import (
     DEFAULTS,
     ConfigError,
     TrainingProgress,
+    build_model,
     choose_frozen_stages,
     main,
+    parse_args,
     resolve_config,
     train,
 )
@@ -340,3 +342,23 @@ def test_spatial_variant_flags_reach_the_saved_config_and_a_bad_one_is_one_line(
     assert exit_info.value.code == 2
     error_lines = capsys.readouterr().err.strip().splitlines()
     assert len(error_lines) == 1 and "spatial_kernel_size" in error_lines[0]
+
+
+def test_spatial_attention_stages_from_the_command_line_and_from_yaml(tmp_path):
+    """Text such as the command line's "3+4" is parsed here, not by the model config; YAML's `3` and
+    `[3, 4]` reach the config as they are."""
+    settings = {"data": "DS", "output_dir": "RUN", "backbone": "resnet10t", "pretrained_backbone": False,
+                "frozen_stages": 0}
+    for text, stages in (("4", [4]), ("3", [3]), ("3+4", [3, 4]), ("4+3", [3, 4])):
+        arguments = parse_args(["--data", "DS", "--output-dir", "RUN", "--spatial-attention-stages", text])
+        assert resolve_config(arguments)["spatial_attention_stages"] == stages
+    with pytest.raises(ConfigError, match=r"^`spatial_attention_stages` are stage numbers .* got '3,4'$"):
+        resolve_config({**settings, "spatial_attention_stages": "3,4"})
+
+    for written, stages in (("3", [3]), ("[3, 4]", [3, 4]), ("'3+4'", [3, 4])):
+        path = tmp_path / "stages.yaml"
+        path.write_text(f"spatial_attention_stages: {written}\n")
+        config = resolve_config(settings, str(path))
+        assert build_model(config).config.spatial_attention_stages == stages
+    with pytest.raises(ConfigError, match=r"^`spatial_attention_stages` must be one of .* got \[2, 3\]\.$"):
+        build_model({**config, "spatial_attention_stages": [2, 3]})

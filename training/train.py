@@ -113,10 +113,21 @@ def resolve_config(overrides: Optional[dict] = None, config_path: Optional[str] 
     for key in ("data", "output_dir"):
         if not config[key]:
             raise ConfigError(f"`{key}` is required (--{key.replace('_', '-')})")
+    if isinstance(config["spatial_attention_stages"], str):
+        config["spatial_attention_stages"] = parse_stages(config["spatial_attention_stages"])
     if not isinstance(config["checkpoint_every"], int) or config["checkpoint_every"] < 1:
         every = config["checkpoint_every"]
         raise ConfigError(f"`checkpoint_every` must be a whole number of epochs >= 1, got {every!r}")
     return config
+
+
+def parse_stages(text: str) -> list:
+    """`spatial_attention_stages` written as text (the command line's, or YAML's "3+4"): "4", "3" or "3+4"
+    -> `[4]`, `[3]`, `[3, 4]`. The model config takes ints only and checks which combinations it allows."""
+    parts = text.split("+")
+    if not all(part.strip().isdigit() for part in parts):
+        raise ConfigError(f"`spatial_attention_stages` are stage numbers joined by '+' (4, 3 or 3+4), got {text!r}")
+    return sorted(int(part) for part in parts)
 
 
 def build_model(config: dict) -> DualAttentionResNetForImageClassification:
