@@ -15,7 +15,7 @@ from .attention import SPATIAL_GATES, SPATIAL_PADDINGS
 ATTENTION_MODES = ("dual", "channel", "spatial", "none")
 METASTATIC_LABEL = "metastatic"
 # Stages as a ResNet counts them: 4 is the last stage (the paper's place for attention), 3 the one before.
-# `modeling_dual_attention_resnet.backbone_stage` finds a number's module in any timm CNN.
+# `backbone_stages.backbone_stage` finds a number's module in any timm CNN.
 LAST_STAGE = 4
 SPATIAL_ATTENTION_STAGES = ([4], [3], [3, 4])
 GRADCAM_STAGES = (4, 3)

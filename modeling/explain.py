@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .backbone_stages import backbone_stage
 from .configuration_dual_attention_resnet import GRADCAM_STAGES, LAST_STAGE
 from .image_processing_ct import resize_slice
-from .modeling_dual_attention_resnet import backbone_stage
 
 # `method=` names for pytorch-grad-cam's classes; "gradcam" is the one-pass implementation here.
 LIBRARY_CAM_METHODS = {

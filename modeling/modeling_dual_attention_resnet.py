@@ -10,7 +10,7 @@ gate and padding, and supervise its map with lesion masks; the defaults are the 
 import math
 import os
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import timm
 import torch
@@ -22,11 +22,15 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .attention import DualAttention, SpatialAttention, attention_supervision_loss
-from .configuration_dual_attention_resnet import GRADCAM_STAGES, LAST_STAGE, DualAttentionResNetConfig
-
-# The top-level modules of timm CNNs where `forward_head` begins (pooling or classifier): ResNet, EfficientNet
-# and DenseNet `global_pool`; ConvNeXt, RegNet, NFNet and ByobNet `head`; VGG `pre_logits`.
-_HEAD_MODULE_NAMES = ("global_pool", "head", "pre_logits", "fc", "classifier")
+from .backbone_stages import (
+    backbone_stage,
+    check_runs_stage_by_stage,
+    feature_modules,
+    frozen_parameter_names,
+    has_spatial_feature_map,
+    supports_grad_checkpointing,
+)
+from .configuration_dual_attention_resnet import LAST_STAGE, DualAttentionResNetConfig
 
 
 @dataclass
@@ -76,86 +80,6 @@ class DualAttentionImageClassifierOutput(ImageClassifierOutput):
     spatial_attention: Optional[torch.FloatTensor] = None
 
 
-def _frozen_parameter_names(backbone: nn.Module, frozen_stages: int) -> list:
-    """Names of the backbone parameters up to and including stage `frozen_stages` (stem included).
-
-    Stages come from timm's `feature_info`: entry 0 is the stem (the first block for VGG and ViT),
-    entry k the k-th stage. A stage's module may hold no parameters (VGG's entries are ReLUs), so the
-    boundary is found in module order: modules are registered in forward order, and everything up
-    to the end of the boundary module's subtree belongs to the stem or an earlier stage.
-    """
-    if frozen_stages == 0:
-        return []
-    stages = [info["module"] for info in backbone.feature_info]
-    if frozen_stages >= len(stages):
-        raise ValueError(
-            f"`frozen_stages` must be below {len(stages)} for backbone with stages {stages}, got {frozen_stages}."
-        )
-    boundary = stages[frozen_stages]
-    module_names = [name for name, _ in backbone.named_modules()]
-    end = max(i for i, name in enumerate(module_names) if name == boundary or name.startswith(boundary + "."))
-    frozen_modules = set(module_names[: end + 1])
-    return [name for name, _ in backbone.named_parameters() if name.rpartition(".")[0] in frozen_modules]
-
-
-def _has_spatial_feature_map(backbone: nn.Module) -> bool:
-    """Whether `forward_features` returns a `(batch, channels, h, w)` map that attention can weight.
-
-    Token models (ViT: every stage at one reduction) and channels-last models (Swin: NHWC) do not.
-    """
-    reductions = {info.get("reduction") for info in getattr(backbone, "feature_info", [])}
-    return len(reductions) > 1 and getattr(backbone, "output_fmt", "NCHW") == "NCHW"
-
-
-class BackboneStage(NamedTuple):
-    """A backbone stage as timm's `feature_info` gives it: the module's `name` in the backbone, the
-    `module`, and its output `channels`."""
-
-    name: str
-    module: nn.Module
-    channels: int
-
-
-def backbone_stage(backbone: nn.Module, stage: int) -> BackboneStage:
-    """Stage `stage` of a timm CNN, counted as in a ResNet (`config.spatial_attention_stages`,
-    `config.gradcam_stage`): 4 the last entry of timm's `feature_info` (`layer4` for ResNets), 3 the
-    one before it (`layer3`, twice the resolution)."""
-    if stage not in GRADCAM_STAGES or isinstance(stage, bool):
-        raise ValueError(f"A backbone stage is one of {GRADCAM_STAGES} (as a ResNet counts them), got {stage!r}.")
-    info = backbone.feature_info[stage - LAST_STAGE - 1]
-    return BackboneStage(info["module"], backbone.get_submodule(info["module"]), info["num_chs"])
-
-
-def _feature_modules(module: nn.Module, stage_names: list, prefix: str = "") -> list:
-    """`(name, module)` in the order the backbone's `forward_features` runs them, each stage one entry.
-
-    The backbone's children up to its head (`_HEAD_MODULE_NAMES`); a `Sequential` child that holds
-    stages (ConvNeXt's `stages`, EfficientNet's `blocks`) is opened into its entries, as timm's
-    `FeatureListNet` does. `stage_names` are the `feature_info` module names.
-    """
-    entries = []
-    for name, child in module.named_children():
-        if not prefix and name in _HEAD_MODULE_NAMES:
-            break
-        full_name = prefix + name
-        if isinstance(child, nn.Sequential) and any(stage.startswith(full_name + ".") for stage in stage_names):
-            entries += _feature_modules(child, stage_names, full_name + ".")
-        else:
-            entries.append((full_name, child))
-    return entries
-
-
-def _check_runs_stage_by_stage(backbone: nn.Module, backbone_name: str):
-    """A stage-3 gate runs the backbone module by module (`_feature_modules`): every stage must be one of them."""
-    stage_names = [info["module"] for info in backbone.feature_info]
-    missing = sorted(set(stage_names) - {name for name, _ in _feature_modules(backbone, stage_names)})
-    if missing:
-        raise ValueError(
-            f"`spatial_attention_stages` with stage 3 needs a backbone whose stages are its top-level modules "
-            f"(or entries of a top-level Sequential); {backbone_name!r} has stages {missing} inside other modules."
-        )
-
-
 def _last_stage_attention_mode(attention: str, spatial_stages: list) -> Optional[str]:
     """The `DualAttention` mode on the last stage, or None: the spatial branch moves to stage 3 when asked."""
     if attention == "none":
@@ -163,16 +87,6 @@ def _last_stage_attention_mode(attention: str, spatial_stages: list) -> Optional
     if attention == "channel" or LAST_STAGE in spatial_stages:
         return attention
     return "channel" if attention == "dual" else None
-
-
-def _supports_grad_checkpointing(backbone: nn.Module) -> bool:
-    """Whether timm's `set_grad_checkpointing` works for this backbone (some raise when asked)."""
-    try:
-        backbone.set_grad_checkpointing(True)
-        backbone.set_grad_checkpointing(False)
-    except (AttributeError, AssertionError, NotImplementedError):
-        return False
-    return True
 
 
 class DualAttentionResNetPreTrainedModel(PreTrainedModel):
@@ -253,10 +167,10 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
         )
         self.num_features = self.backbone.num_features
         self.hidden_size = getattr(self.backbone, "head_hidden_size", None) or self.num_features
-        self.supports_gradient_checkpointing = _supports_grad_checkpointing(self.backbone)
+        self.supports_gradient_checkpointing = supports_grad_checkpointing(self.backbone)
         spatial_stages = config.spatial_attention_stages if config.attention in ("dual", "spatial") else []
         last_stage_mode = _last_stage_attention_mode(config.attention, spatial_stages)
-        if (last_stage_mode is not None or spatial_stages) and not _has_spatial_feature_map(self.backbone):
+        if (last_stage_mode is not None or spatial_stages) and not has_spatial_feature_map(self.backbone):
             raise ValueError(
                 f"`attention={config.attention!r}` needs a CNN backbone with a spatial feature map; "
                 f"use attention='none' with {config.backbone!r}."
@@ -269,14 +183,14 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
             )
         self.stage3_attention = self.gated_stage3_output = None
         if 3 in spatial_stages:
-            _check_runs_stage_by_stage(self.backbone, config.backbone)
+            check_runs_stage_by_stage(self.backbone, config.backbone)
             self.stage3_attention = SpatialAttention(
                 config.spatial_kernel_size, config.spatial_gate, config.spatial_padding
             )
             # No parameters: the gated stage-3 features pass through it, so that a forward hook sees
             # them where it sees any stage's output (Grad-CAM's target layer for `gradcam_stage=3`).
             self.gated_stage3_output = nn.Identity()
-        self.frozen_parameter_names = _frozen_parameter_names(self.backbone, config.frozen_stages)
+        self.frozen_parameter_names = frozen_parameter_names(self.backbone, config.frozen_stages)
         self._freeze_parameters()
         self.post_init()
 
@@ -368,7 +282,7 @@ class DualAttentionResNetModel(DualAttentionResNetPreTrainedModel):
         gated_stage = backbone_stage(self.backbone, 3).name
         checkpointing = getattr(self.backbone, "grad_checkpointing", False) and torch.is_grad_enabled()
         features, stage_outputs, stage3_weights = pixel_values, [], None
-        for name, module in _feature_modules(self.backbone, stage_names):
+        for name, module in feature_modules(self.backbone, stage_names):
             if checkpointing and name in stage_names[1:]:
                 features = checkpoint_seq(module if isinstance(module, nn.Sequential) else [module], features)
             else:

@@ -120,7 +120,8 @@ def test_staged_repo_holds_exactly_the_hub_files(staged):
     required = {
         "config.json", "model.safetensors", "preprocessor_config.json", "README.md",
         "configuration_dual_attention_resnet.py", "modeling_dual_attention_resnet.py", "image_processing_ct.py",
-        "attention.py", "ct_dicom.py", "dicom_vocabulary.py",  # imported relatively by the auto_map files
+        # imported relatively by the auto_map files
+        "attention.py", "backbone_stages.py", "ct_dicom.py", "dicom_vocabulary.py",
         "pipeline_ct_classification.py",  # config.json's custom_pipelines (the DICOM pipeline)
         "evaluation/metrics.json", "evaluation/roc_curve.png", "evaluation/confusion_matrix.png",
         "evaluation/reliability_diagram.png",

@@ -20,8 +20,8 @@ from modeling import (
     DualAttentionResNetModel,
 )
 from modeling.attention import DualAttention, attention_supervision_loss
+from modeling.backbone_stages import backbone_stage, check_runs_stage_by_stage
 from modeling.explain import explain
-from modeling.modeling_dual_attention_resnet import _check_runs_stage_by_stage, backbone_stage
 
 # resnet10t: 512 channels on a 2 x 2 map at 64 px (reduction 32).
 TINY_CHANNELS, TINY_MAP = 512, TINY_SIZE // 32
@@ -491,7 +491,7 @@ def test_a_stage_3_gate_on_a_backbone_whose_stages_are_nested_is_refused_in_one_
     backbone.stem, backbone.body = nn.Identity(), Body()
     backbone.feature_info = [{"module": name} for name in ("stem", "body.layer3", "body.layer4")]
     with pytest.raises(ValueError) as info:
-        _check_runs_stage_by_stage(backbone, "nested")
+        check_runs_stage_by_stage(backbone, "nested")
     assert "['body.layer3', 'body.layer4']" in str(info.value) and "\n" not in str(info.value)
 
 

@@ -18,6 +18,7 @@ CODE_FILES = {
     "configuration_dual_attention_resnet.py",
     "modeling_dual_attention_resnet.py",
     "attention.py",
+    "backbone_stages.py",
     "image_processing_ct.py",
     "ct_dicom.py",
     "dicom_vocabulary.py",
