@@ -25,7 +25,6 @@ listed there and on screen.
 
 import argparse
 import csv
-import ctypes
 import hashlib
 import json
 import os
@@ -39,8 +38,6 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import torch
-from datasets.features.features import Array2DExtensionType
-from datasets.fingerprint import generate_random_fingerprint
 from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm.auto import tqdm
@@ -60,7 +57,6 @@ from modeling.image_processing_ct import (
 LABEL_ALIASES = {"non_metastatic": 0, "normal": 0, "0": 0, "metastatic": 1, "cancer": 1, "1": 1}
 SPLITS = ("train", "validation", "test")
 N_FOLDS = 6  # one fold test, one validation, four train: 16.7 / 16.7 / 66.7 %
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 # How far (in slice spacings) a mask's slice may lie from the volume's along z: further than half a
 # slice, the CT slice nearest to a mask slice is another one, so its lesion would label the wrong slice.
 MASK_POSITION_TOLERANCE_SLICES = 0.5
@@ -204,24 +200,7 @@ _READER: Dict[str, object] = {}
 
 def _init_reader(processor: CTImageProcessor, png_dir: Optional[str]) -> None:
     torch.set_num_threads(1)  # one reader per core: torch's own threads would oversubscribe the pool
-    _keep_freed_memory()
     _READER.update(processor=processor, png_dir=png_dir)
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc reuse freed buffers of up to 32 MB instead of handing them back to the OS.
-
-    Each 512 px slice passes through a few 0.5-2 MB arrays; by default glibc maps every one afresh and
-    unmaps it when freed, and faulting those pages in costs as much as decoding the file (measured in
-    benchmarks/ingest.py). With one reader this applies to the calling process and stays. Elsewhere
-    (macOS, Windows, musl) it does nothing.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
-    libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)  # keep up to 64 MB of freed heap for the next slice
 
 
 def _read_record(record: Record, index: int) -> list:
@@ -603,32 +582,46 @@ def mean_and_std(images: np.ndarray) -> Tuple[float, float]:
     return mean, float(np.sqrt(max(mean_square - mean * mean, 0.0)))
 
 
+def split_columns(members: List[Slice], images: np.ndarray, salt: str) -> dict:
+    """One split's columns, as `datasets.Dataset.from_dict` takes them with `features(size)`: the
+    `(n, size, size)` stacks of images and masks, lists of the rest."""
+    return {
+        "image": images,
+        "label": [s.record.label for s in members],
+        "patient_id": [pseudonym(s.group_key, salt) for s in members],
+        "source": [s.record.source for s in members],
+        "mask": np.stack([s.mask for s in members]),
+        "has_mask": [s.has_mask for s in members],
+    }
+
+
 def split_dataset(members: List[Slice], images: np.ndarray, salt: str) -> datasets.Dataset:
     """One split as a `datasets.Dataset` with `features(size)`; `images` is `float32` `(n, size, size)`.
 
-    The Arrow table is built around the numpy buffers (no per-row conversion, no hashing of the
-    pixels for a fingerprint), so writing costs little more than the bytes themselves.
+    What `Dataset.from_dict(split_columns(...), features=...)` makes, without its costs: it converts the
+    pixels through Python sequences and fingerprints the dataset by pickling and hashing the whole
+    table, several times slower and several times the memory (benchmarks/ingest.py measures both).
+    Here the Arrow table is built around the numpy buffers, with a random fingerprint (what `datasets`
+    itself gives a dataset it cannot hash). `datasets.Dataset` refuses a table whose types are not
+    the features'; tests/test_prepare.py checks that the two tables are equal.
     """
-    size = images.shape[-1]
+    split_features = features(images.shape[-1])
+    types = {field.name: field.type for field in split_features.arrow_schema}
     table = pa.table({
-        "image": _array2d(images),
-        "label": pa.array([s.record.label for s in members], pa.int64()),
-        "patient_id": pa.array([pseudonym(s.group_key, salt) for s in members], pa.string()),
-        "source": pa.array([s.record.source for s in members], pa.string()),
-        "mask": _array2d(np.stack([s.mask for s in members])),
-        "has_mask": pa.array([s.has_mask for s in members], pa.bool_()),
+        name: _array2d(value, types[name]) if isinstance(value, np.ndarray) else pa.array(value, types[name])
+        for name, value in split_columns(members, images, salt).items()
     })
-    info = datasets.DatasetInfo(features=features(size))
-    return datasets.Dataset(table, info=info, fingerprint=generate_random_fingerprint())
+    info = datasets.DatasetInfo(features=split_features)
+    return datasets.Dataset(table, info=info, fingerprint=secrets.token_hex(8))
 
 
-def _array2d(stack: np.ndarray, chunk: int = 1000) -> pa.ChunkedArray:
-    """`(n, rows, columns)` numpy -> the Arrow column of `datasets.Array2D((rows, columns), dtype)`, zero-copy.
+def _array2d(stack: np.ndarray, array_type: pa.ExtensionType, chunk: int = 1000) -> pa.ChunkedArray:
+    """`(n, rows, columns)` numpy -> a column of `array_type` (`datasets.Array2D`'s Arrow type), zero-copy.
 
-    In chunks of `chunk` slices, so that the 32-bit list offsets hold even 512 px slices.
+    The storage is lists (slices) of lists (rows) of values. In chunks of `chunk` slices, so that the
+    32-bit list offsets hold even 512 px slices.
     """
     n, rows, columns = stack.shape
-    array_type = Array2DExtensionType((rows, columns), str(stack.dtype))
     chunks = []
     for start in range(0, max(n, 1), chunk):
         part = np.ascontiguousarray(stack[start:start + chunk])
