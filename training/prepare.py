@@ -60,6 +60,16 @@ N_FOLDS = 6  # one fold test, one validation, four train: 16.7 / 16.7 / 66.7 %
 # How far (in slice spacings) a mask's slice may lie from the volume's along z: further than half a
 # slice, the CT slice nearest to a mask slice is another one, so its lesion would label the wrong slice.
 MASK_POSITION_TOLERANCE_SLICES = 0.5
+# How much a mask's voxel spacing may differ from the volume's, relative: NIfTI stores it as float32,
+# DICOM as decimal strings, so one grid's spacings can differ in their last digits.
+MASK_SPACING_RTOL = 1e-3
+# Hex digits kept of a DICOM ID's salted hash: 48 bits, so that no two patients of even a large cohort
+# share a stored patient_id.
+PSEUDONYM_HEX_DIGITS = 12
+# Records per reader process at least, so that a small input does not start a process for every few files.
+MIN_RECORDS_PER_READER = 8
+# Records handed to a reader at once, so that the pool's pipe is crossed per chunk, not per record.
+READER_CHUNK = 16
 
 
 @dataclass
@@ -141,7 +151,7 @@ def records_from_manifest(manifest: str) -> Tuple[List[Record], List[Tuple[str, 
             raise ValueError(
                 f"{manifest} lacks column(s) {sorted(missing)}; expected path,label[,patient_id][,mask_path][,slices]"
             )
-        for line, row in enumerate(reader, start=2):
+        for line, row in enumerate(reader, start=2):  # line 1 is the header
             source = (row.get("path") or "").strip()
             if not source:
                 bad.append((f"{manifest}:{line}", "empty path"))
@@ -320,7 +330,7 @@ def _volume_masks(record: Record, volume: CTVolume) -> np.ndarray:
     except ValueError as error:
         raise ValueError(f"mask {os.path.basename(record.mask_path)}: {error}") from None
     if mask_volume.hu.shape != volume.hu.shape or not np.allclose(mask_volume.spacing_mm, volume.spacing_mm,
-                                                                  rtol=1e-3):
+                                                                  rtol=MASK_SPACING_RTOL):
         raise ValueError(f"the mask's grid {mask_volume.hu.shape} at {_mm(mask_volume.spacing_mm)} mm differs "
                          f"from the volume's {volume.hu.shape} at {_mm(volume.spacing_mm)} mm")
     # Same shape and spacing say nothing of where the mask lies: an origin elsewhere along z would label
@@ -421,7 +431,7 @@ def _write_png(index: int, stem: str, label: int, unit: np.ndarray) -> Optional[
     if not png_dir:
         return None
     relative = os.path.join(CLASS_NAMES[label], f"{index:05d}_{stem}.png")
-    Image.fromarray(np.round(unit * 65535).astype(np.uint16)).save(os.path.join(png_dir, relative))
+    Image.fromarray(np.round(unit * np.iinfo(np.uint16).max).astype(np.uint16)).save(os.path.join(png_dir, relative))
     return relative
 
 
@@ -445,7 +455,7 @@ def read_all(records: List[Record], processor: CTImageProcessor, png_dir, num_wo
             torch.set_num_threads(threads)
     else:
         with ProcessPoolExecutor(num_workers, initializer=_init_reader, initargs=(processor, png_dir)) as pool:
-            results = list(tqdm(pool.map(_read_worker, jobs, chunksize=16), **bar))
+            results = list(tqdm(pool.map(_read_worker, jobs, chunksize=READER_CHUNK), **bar))
     flat = [item for result in results for item in result]
     slices = [item for item in flat if isinstance(item, Slice)]
     bad = [item for item in flat if not isinstance(item, Slice)]
@@ -456,7 +466,7 @@ def pseudonym(group_key: str, salt: str) -> str:
     """Manifest IDs are kept (the user chose them); IDs read from DICOM become a salted hash."""
     if group_key.startswith("manifest:"):
         return group_key[len("manifest:"):]
-    return "P-" + hashlib.sha256(f"{salt}:{group_key}".encode()).hexdigest()[:12]
+    return "P-" + hashlib.sha256(f"{salt}:{group_key}".encode()).hexdigest()[:PSEUDONYM_HEX_DIGITS]
 
 
 def split_patients(slices: List[Slice], seed: int) -> Dict[str, List[Slice]]:
@@ -465,7 +475,7 @@ def split_patients(slices: List[Slice], seed: int) -> Dict[str, List[Slice]]:
     if len(groups) < N_FOLDS:
         raise ValueError(
             f"a split would be empty: {len(groups)} patient(s) found, at least {N_FOLDS} are needed "
-            f"(6 or more per class so that every split holds both classes)"
+            f"({N_FOLDS} or more per class so that every split holds both classes)"
         )
     group_index = {key: i for i, key in enumerate(groups)}
     labels = np.array([s.record.label for s in slices])
@@ -524,7 +534,7 @@ def prepare_dataset(
         raise ValueError(f"input {input} does not exist")
     processor = CTImageProcessor(window_center, window_width, size=size, do_normalize=False,
                                  pixel_spacing_mm=pixel_spacing_mm)
-    num_workers = min(num_workers or os.cpu_count() or 1, max(1, len(records) // 8))
+    num_workers = min(num_workers or os.cpu_count() or 1, max(1, len(records) // MIN_RECORDS_PER_READER))
     slices, unreadable = read_all(records, processor, png_dir, num_workers)
     bad += unreadable
     for path, reason in bad:
@@ -574,7 +584,7 @@ def mean_and_std(images: np.ndarray) -> Tuple[float, float]:
     """Mean and standard deviation of every pixel of `images` (`float32`, any shape), summed in `float64`.
 
     Two passes that accumulate in `float64` without making a `float64` copy of the stack, as numpy's
-    `std(dtype=float64)` does: that copy cost 0.5 ms per 224 px slice, a quarter of `prepare`.
+    `std(dtype=float64)` does: that copy is twice the size of the stack.
     """
     flat = images.reshape(-1)
     mean = float(np.add.reduce(flat, dtype=np.float64)) / flat.size
@@ -612,7 +622,7 @@ def split_dataset(members: List[Slice], images: np.ndarray, salt: str) -> datase
         for name, value in split_columns(members, images, salt).items()
     })
     info = datasets.DatasetInfo(features=split_features)
-    return datasets.Dataset(table, info=info, fingerprint=secrets.token_hex(8))
+    return datasets.Dataset(table, info=info, fingerprint=secrets.token_hex(8))  # 64 bits, as datasets' own
 
 
 def _array2d(stack: np.ndarray, array_type: pa.ExtensionType, chunk: int = 1000) -> pa.ChunkedArray:
