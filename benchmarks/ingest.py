@@ -9,20 +9,32 @@
    anything; splitting and writing the Arrow files stay in one process.
 3. The training loader (augmented, normalised batches) against one ResNet-50 dual-attention training
    step on the CPU. Goal: the loader is never the bottleneck (ratio > 1 with one loader process).
+4. Each in a fresh process, so that no run inherits another's heap or malloc settings:
+   a. prepare's reading (one reader, the first pass of the process, as the CLI runs it) with glibc's
+      default malloc against glibc tuned by `mallopt` as prepare once did (freed buffers of up to
+      32 MB kept for reuse). Goal: the default within 5 % of the tuning, so that prepare sets none.
+   b. Writing `--write-slices` model-size slices: prepare's `split_dataset` + `save_to_disk` against
+      `datasets.Dataset.from_dict(..., features=...)` + `save_to_disk` on the same columns: wall time
+      and peak resident memory above what the process held before (Linux). Goal: `from_dict` several
+      times slower or larger, or prepare should use it.
 
 Each timing is the best of `--repeats` rounds, taken in turn, so that a busy machine hurts all alike;
 CPU time (this process and the reader pool) is printed next to wall time: other load disturbs it less.
 
-    python benchmarks/ingest.py [--n-per-class 60] [--native-size 512] [--size 224] [--workers 2] [--repeats 3]
+    PYTHONPATH=. python benchmarks/ingest.py [--n-per-class 60] [--native-size 512] [--size 224] [--workers 2]
+        [--repeats 3] [--write-slices 1000]
 """
 
 import argparse
+import ctypes
+import multiprocessing
 import os
 import resource
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+import datasets
 import numpy as np
 import pydicom
 import torch
@@ -31,7 +43,19 @@ from modeling import CTImageProcessor, DualAttentionResNetConfig, DualAttentionR
 from modeling.image_processing_ct import resize_slice
 from training.data import load_prepared, torch_splits
 from training.phantom import generate_phantom
-from training.prepare import prepare_dataset, read_all, records_from_manifest
+from training.prepare import (
+    features,
+    prepare_dataset,
+    read_all,
+    records_from_manifest,
+    split_columns,
+    split_dataset,
+)
+
+# glibc's mallopt parameters (malloc.h) and the values prepare set in its readers until part 4a found
+# glibc's default as fast.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+TUNED_MALLOC = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 64 << 20}
 
 
 def timed(function):
@@ -90,6 +114,88 @@ def machine_parallel_efficiency(workers: int) -> float:
     return alone / together
 
 
+def in_fresh_process(function, *args):
+    """`function(*args)` in a new interpreter (spawned): what it measures owes nothing to this process."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def peak_rss_growth_mb(function) -> float:
+    """MB of resident memory at the peak of `function()` above what the process held before; NaN where
+    the peak cannot be reset (not Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # resets the peak (VmHWM) to the current resident size
+        before = _status_kb("VmRSS")
+    except OSError:
+        function()
+        return float("nan")
+    function()
+    return (_status_kb("VmHWM") - before) / 1024
+
+
+def cold_read(manifest: str, size: int, tuned_malloc: bool):
+    """(wall s, CPU s, minor page faults) of prepare's reading with one reader, the first in this process."""
+    if tuned_malloc:
+        libc = ctypes.CDLL("libc.so.6")
+        for parameter, value in TUNED_MALLOC.items():
+            libc.mallopt(parameter, value)
+    records, _ = records_from_manifest(manifest)
+    processor = CTImageProcessor(size=size, do_normalize=False)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    wall, cpu = wall_and_cpu(lambda: read_all(records, processor, None, num_workers=1))
+    return wall, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+
+
+def write_splits(manifest: str, size: int, n_slices: int, how: str):
+    """(wall s, peak RSS growth MB) of one split of `n_slices` slices (the phantom's, repeated) to disk:
+    `how` "ours" is prepare's `split_dataset`, "from_dict" is `datasets.Dataset.from_dict`."""
+    records, _ = records_from_manifest(manifest)
+    slices, _ = read_all(records, CTImageProcessor(size=size, do_normalize=False), None, num_workers=1)
+    members = (slices * (n_slices // len(slices) + 1))[:n_slices]
+    images = np.stack([s.image for s in members])
+    with tempfile.TemporaryDirectory() as scratch:
+        def write():
+            if how == "ours":
+                dataset = split_dataset(members, images, salt="bench")
+            else:
+                dataset = datasets.Dataset.from_dict(split_columns(members, images, "bench"), features=features(size))
+            dataset.save_to_disk(os.path.join(scratch, "split"))
+
+        started = time.perf_counter()
+        growth = peak_rss_growth_mb(write)
+        return time.perf_counter() - started, growth
+
+
+def fresh_process_comparisons(manifest: str, args) -> None:
+    """Part 4: the malloc tuning and `Dataset.from_dict`, each run in a fresh process, best of `--repeats`."""
+    reads = {"default": [], "tuned": []}
+    writes = {"ours": [], "from_dict": []}
+    for _ in range(args.repeats):
+        for name in reads:
+            reads[name].append(in_fresh_process(cold_read, manifest, args.size, name == "tuned"))
+        for name in writes:
+            writes[name].append(in_fresh_process(write_splits, manifest, args.size, args.write_slices, name))
+    best = {name: [min(column) for column in zip(*runs, strict=True)] for name, runs in {**reads, **writes}.items()}
+    print("\nfresh process per run (best of each column)   wall s    CPU s   minor faults")
+    for name, label in (("default", "reading, 1 reader, glibc's default malloc"),
+                        ("tuned", "reading, 1 reader, mallopt as prepare had")):
+        wall, cpu, faults = best[name]
+        print(f"{label:44s} {wall:8.3f} {cpu:8.3f} {faults:14d}")
+    print(f"default / tuned:                             wall {best['default'][0] / best['tuned'][0]:.2f}x, "
+          f"CPU {best['default'][1] / best['tuned'][1]:.2f}x  (goal <= 1.05: no tuning needed)")
+    print(f"writing {args.write_slices} slices of {args.size} px                 wall s   peak RSS growth MB")
+    for name, label in (("ours", "split_dataset + save_to_disk"), ("from_dict", "Dataset.from_dict + save_to_disk")):
+        print(f"{label:44s} {best[name][0]:8.3f} {best[name][1]:18.0f}")
+    print(f"from_dict / ours:                            wall {best['from_dict'][0] / best['ours'][0]:.2f}x, "
+          f"peak RSS growth {best['from_dict'][1] / best['ours'][1]:.2f}x")
+
+
 def loader_against_training_step(data_dir: str, size: int, batch_size: int, batches: int):
     """(loader images/s, ResNet-50 dual-attention training images/s) on the prepared train split."""
     dataset_dict, info = load_prepared(data_dir)
@@ -123,6 +229,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--batches", type=int, default=3, help="loader/training batches timed (0: skip part 3)")
+    parser.add_argument("--write-slices", type=int, default=1000, help="slices written in part 4b (0: skip part 4)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
 
@@ -148,11 +255,16 @@ def main(argv=None):
                 run_wall, run_cpu = wall_and_cpu(run)
                 wall[name], cpu[name] = min(wall[name], run_wall), min(cpu[name], run_cpu)
         efficiency = machine_parallel_efficiency(args.workers)
+        rates = None
         if args.batches:
-            load_rate, train_rate = loader_against_training_step(
-                os.path.join(scratch, "ds1"), args.size, args.batch_size, args.batches)
+            rates = loader_against_training_step(os.path.join(scratch, "ds1"), args.size, args.batch_size, args.batches)
+        print_throughput(len(paths), wall, cpu, efficiency, rates, args)
+        if args.write_slices:
+            fresh_process_comparisons(manifest, args)
 
-    n = len(paths)
+
+def print_throughput(n: int, wall: dict, cpu: dict, efficiency: float, rates, args) -> None:
+    """Parts 1 to 3: `wall` and `cpu` seconds per run name, `rates` (loader, training) images/s or None."""
     print(f"\nfiles: {n} CT DICOMs {args.native_size}x{args.native_size} with lesion masks, model size "
           f"{args.size}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}, best of {args.repeats}")
     print("                                   wall slices/s   CPU ms/slice")
@@ -172,11 +284,11 @@ def main(argv=None):
         scaling = wall[name] / (args.workers * wall[many])
         print(f"{phase}, {args.workers} readers / ({args.workers} x 1):  wall {scaling:.2f}, "
               f"CPU per slice {cpu[name] / cpu[many]:.2f}  (1 = linear; wall needs {args.workers} idle cores)")
-    if args.batches:
+    if rates:
+        load_rate, train_rate = rates
         print(f"loader, augmented (1 process):         {load_rate:8.1f} images/s")
         print(f"ResNet-50 dual-attention training:     {train_rate:8.1f} images/s (batch {args.batch_size})")
         print(f"loader / training step:                {load_rate / train_rate:8.2f}x  (goal > 1)")
-
 
 if __name__ == "__main__":
     main()

@@ -80,36 +80,12 @@ def run(args: argparse.Namespace, workspace: Path) -> None:
     token = None if args.dry_run else resolve_token()
     if args.space_id:
         check_space_source()
-    provenance = read_provenance(args.model, args.trained_on, args.data)
-    differing = code_differences(args.model, *read_model_folder(args.model))
-    if differing:
-        published = "the saved code" if args.code == "saved" else "today's modeling/ (--code current)"
-        print(f"note: the code saved with the weights differs from modeling/ in {', '.join(differing)}; "
-              f"publishing {published}")
-
-    stage_root = DEFAULT_STAGE_ROOT if args.dry_run else workspace
-    stage_dir = args.stage_dir or stage_root / args.repo_id.replace("/", "--")
-    model_dir = stage_model_repo(
-        args.model, stage_dir, repo_id=args.repo_id, provenance=provenance, eval_dir=args.eval,
-        revision=args.revision, space_id=args.space_id, license=args.license, overwrite=args.overwrite,
-        code=args.code,
-    )
-    print(f"staged model repo {args.repo_id} in {model_dir}:\n{list_files(model_dir)}")
-    space_dir = None
-    if args.space_id:
-        default_space_stage = (
-            stage_dir.with_name(stage_dir.name + "-space") if args.stage_dir
-            else stage_root / args.space_id.replace("/", "--")
-        )
-        space_stage = args.space_stage_dir or default_space_stage
-        space_dir = stage_space(space_stage, model_id=args.repo_id, overwrite=args.overwrite)
-        print(f"staged Space {args.space_id} in {space_dir}:\n{list_files(space_dir)}")
+    model_dir, space_dir = stage(args, DEFAULT_STAGE_ROOT if args.dry_run else workspace)
     if args.dry_run:
         if args.space_id:
             print(f"at push, Space variables: MODEL_ID={args.repo_id}, MODEL_REVISION=<the model commit>")
         print("dry run: nothing pushed")
         return
-
     message = args.commit_message or default_commit_message(args.repo_id, args.eval)
     commit = push_folder(
         model_dir, args.repo_id, token=token, commit_message=message,
@@ -117,22 +93,55 @@ def run(args: argparse.Namespace, workspace: Path) -> None:
         keep_remote_files=args.keep_remote_files,
     )
     print(f"pushed model: {commit.pr_url or commit.commit_url}")
-    if space_dir is None:
-        return
+    if space_dir is not None:
+        push_space(args, space_dir, commit.oid, token)
+
+
+def stage(args: argparse.Namespace, stage_root: Path):
+    """Stages the model repo (and with --space-id the Space) under `stage_root` unless --stage-dir and
+    --space-stage-dir say where; lists what was written. Returns `(model_dir, space_dir or None)`."""
+    provenance = read_provenance(args.model, args.trained_on, args.data)
+    differing = code_differences(args.model, *read_model_folder(args.model))
+    if differing:
+        published = "the saved code" if args.code == "saved" else "today's modeling/ (--code current)"
+        print(f"note: the code saved with the weights differs from modeling/ in {', '.join(differing)}; "
+              f"publishing {published}")
+
+    stage_dir = args.stage_dir or stage_root / args.repo_id.replace("/", "--")
+    model_dir = stage_model_repo(
+        args.model, stage_dir, repo_id=args.repo_id, provenance=provenance, eval_dir=args.eval,
+        revision=args.revision, space_id=args.space_id, license=args.license, overwrite=args.overwrite,
+        code=args.code,
+    )
+    print(f"staged model repo {args.repo_id} in {model_dir}:\n{list_files(model_dir)}")
+    if not args.space_id:
+        return model_dir, None
+    default_space_stage = (
+        stage_dir.with_name(stage_dir.name + "-space") if args.stage_dir
+        else stage_root / args.space_id.replace("/", "--")
+    )
+    space_dir = stage_space(args.space_stage_dir or default_space_stage, model_id=args.repo_id,
+                            overwrite=args.overwrite)
+    print(f"staged Space {args.space_id} in {space_dir}:\n{list_files(space_dir)}")
+    return model_dir, space_dir
+
+
+def push_space(args: argparse.Namespace, space_dir: Path, model_commit: str, token) -> None:
+    """Pushes the staged Space and points it at the model commit `model_commit` just pushed."""
     space_commit = push_folder(
         space_dir, args.space_id, token=token, repo_type="space", space_sdk="gradio",
-        commit_message=f"Demo for {args.repo_id}@{commit.oid[:8]}", private=args.private, create_pr=args.create_pr,
-        keep_remote_files=args.keep_remote_files,
+        commit_message=f"Demo for {args.repo_id}@{model_commit[:8]}", private=args.private,
+        create_pr=args.create_pr, keep_remote_files=args.keep_remote_files,
     )
     print(f"pushed Space: {space_commit.pr_url or space_commit.commit_url}")
     # The Space serves its main branch, so a pull request must not rewire the live app before review.
-    variables = {"MODEL_ID": args.repo_id, "MODEL_REVISION": commit.oid}
+    variables = {"MODEL_ID": args.repo_id, "MODEL_REVISION": model_commit}
     if args.create_pr:
         settings = ", ".join(f"{key}={value}" for key, value in variables.items())
         print(f"after merging both pull requests, set Space variables {settings}")
     else:
         set_space_variables(args.space_id, variables, token=token)
-        print(f"Space variables set: MODEL_ID={args.repo_id}, MODEL_REVISION={commit.oid}")
+        print(f"Space variables set: MODEL_ID={args.repo_id}, MODEL_REVISION={model_commit}")
     if args.private:
         print("note: the model is private; give the Space an HF_TOKEN secret with read access so it can load it")
 

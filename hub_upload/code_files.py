@@ -11,40 +11,31 @@ import importlib.util
 from pathlib import Path
 from typing import Iterable, Set
 
+from transformers.dynamic_module_utils import get_relative_import_files
+
 PACKAGE = "modeling"
 # Located without importing it: staging only reads the files, and importing would pull in torch.
 MODELING_DIR = Path(importlib.util.find_spec(PACKAGE).origin).resolve().parent
 
 
-def _relative_imports(path: Path) -> Set[str]:
-    """Module names (files beside `path`) that the file at `path` imports relatively.
-
-    `from .x import y` needs x.py (missing, the closure reports it); `from . import y` names a module
-    only where y.py exists (otherwise y is something the package's `__init__` defines).
-    """
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                names.add(node.module.split(".")[0])
-            else:
-                names.update(alias.name for alias in node.names if (path.parent / f"{alias.name}.py").is_file())
-    return names
-
-
 def module_closure(modules: Iterable[str], code_dir: Path = MODELING_DIR) -> list:
-    """`modules` (names of files in `code_dir`, without `.py`) and all they import relatively, sorted."""
-    pending, seen = list(modules), set()
-    while pending:
-        name = pending.pop()
-        if name in seen:
-            continue
-        path = Path(code_dir) / f"{name}.py"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found (named by auto_map, custom_pipelines or an import)")
-        seen.add(name)
-        pending.extend(_relative_imports(path) - seen)
-    return sorted(seen)
+    """`modules` (names of files in `code_dir`, without `.py`) and all they import relatively, sorted.
+
+    The imports are followed by transformers' own `get_relative_import_files`, the rule its loader
+    applies when it fetches remote code, so the staged files are the ones a user's transformers asks
+    for. Where the roots come from (`auto_map`, `custom_pipelines`, a script) is this module's part.
+    """
+    closure = set()
+    for name in modules:
+        root = Path(code_dir) / f"{name}.py"
+        try:
+            files = [root, *get_relative_import_files(root)]
+        except FileNotFoundError as missing:  # a root, or a file a relative import names
+            raise FileNotFoundError(
+                f"{missing.filename} not found (named by auto_map, custom_pipelines or an import)"
+            ) from None
+        closure.update(Path(file).stem for file in files)
+    return sorted(closure)
 
 
 def auto_map_modules(auto_map: dict) -> Set[str]:

@@ -93,7 +93,12 @@ def read_image_file(path) -> np.ndarray:
 
 
 def square_side(size) -> int:
-    """`size` as an int or as transformers' `{"height": S, "width": S}` -> S; one-line ValueError otherwise."""
+    """`size` as an int or as transformers' `{"height": S, "width": S}` -> S; one-line ValueError otherwise.
+
+    Not `transformers.image_processing_utils.get_size_dict`: it turns an int into that dict, which is
+    all of its work here, and accepts what this must refuse (0, True, a non-square or `shortest_edge`
+    dict, any sequence read as its first two items).
+    """
     if isinstance(size, dict) and set(size) == {"height", "width"} and size["height"] == size["width"]:
         size = size["height"]
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:

@@ -190,6 +190,21 @@ def test_unsupported_inputs_get_one_line_reasons():
         CTImageProcessor(window_width=0)
 
 
+def test_size_is_a_square_side_as_int_or_dict_and_anything_else_a_one_line_error():
+    """transformers' `get_size_dict` would accept every one of the refused sizes (or the dict as is)."""
+    assert CTImageProcessor(size=96).size == 96
+    assert CTImageProcessor(size={"height": 96, "width": 96}).size == 96
+    assert CTImageProcessor(size=96).to_dict()["size"] == {"height": 96, "width": 96}
+    refused = [0, -1, True, 2.5, "224", None, (96, 96), [96, 96, 3], {"height": 96, "width": 64},
+               {"shortest_edge": 96}, {"height": 96}]
+    for size in refused:
+        with pytest.raises(ValueError, match=r"^`size` must be a positive integer or .*, got ") as error:
+            CTImageProcessor(size=size)
+        assert "\n" not in str(error.value), size
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        CTImageProcessor(size=96)(np.zeros((8, 8)), size={"height": 8, "width": 4})
+
+
 def test_processor_json_round_trip(tmp_path):
     processor = CTImageProcessor(
         window_center=40, window_width=350, size=96, image_mean=[0.2] * 3, image_std=[0.3] * 3, pixel_spacing_mm=0.9

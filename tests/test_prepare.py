@@ -16,10 +16,14 @@ from training.prepare import (
     CLASS_NAMES,
     Record,
     Slice,
+    _array2d,
+    features,
     main,
     mask_at_size,
     parse_slices,
     prepare_dataset,
+    split_columns,
+    split_dataset,
     split_patients,
 )
 
@@ -177,6 +181,23 @@ def test_splits_are_stratified_grouped_and_four_one_one():
         assert abs(len({s.group_key for s in members}) / 60 - expected_share) < 0.05
         assert abs(np.mean([s.record.label for s in members]) - overall) < 0.1
     assert split_patients(slices, seed=0)["test"] == splits["test"]  # seeded
+
+
+def test_split_dataset_builds_the_table_datasets_from_dict_builds():
+    """`split_dataset` lays out the Arrow table itself (Array2D's storage, a random fingerprint) instead of
+    calling `Dataset.from_dict`, for speed and memory: if `datasets` changes that layout, this fails."""
+    rng = np.random.default_rng(0)
+    members = [Slice(Record(f"s{i}.dcm", f"/in/s{i}.dcm", i % 2), rng.random((5, 5), dtype=np.float32),
+                     (rng.random((5, 5)) > 0.5).astype(np.uint8), bool(i % 3), f"manifest:p{i}") for i in range(7)]
+    images = np.stack([s.image for s in members])
+    ours = split_dataset(members, images, salt="s")
+    reference = datasets.Dataset.from_dict(split_columns(members, images, "s"), features=features(5))
+    assert ours.features == reference.features == features(5)
+    assert ours.data.table.equals(reference.data.table)
+    assert ours[3]["patient_id"] == "p3" and np.array_equal(ours.with_format("numpy")[4]["image"], images[4])
+    assert ours._fingerprint != split_dataset(members, images, salt="s")._fingerprint  # random, never hashed
+    several_chunks = _array2d(images, features(5).arrow_schema.field("image").type, chunk=3)
+    assert several_chunks.num_chunks == 3 and several_chunks.equals(reference.data.table.column("image"))
 
 
 def test_png_dir_round_trips_through_prepare(phantom_dir, tmp_path):

@@ -185,25 +185,22 @@ def _paint_node(canvas: Canvas, node: Node, rng: np.random.Generator, node_hu: f
     return mask
 
 
-def render_slice(rng: np.random.Generator, anatomy: Dict[str, float], node: Optional[Node], size: int):
-    """One phantom slice: (HU `float32` `(size, size)`, node mask `bool` `(size, size)`).
-
-    `node` None draws a slice above or below the node of interest (an empty mask).
-    """
-    canvas = Canvas(size, anatomy["fov_mm"], (anatomy["offset_x"], anatomy["offset_y"]))
-    jitter = lambda scale=1.0: rng.normal(1.0, 0.03 * scale)  # noqa: E731 - slice-to-slice change
-    enh = anatomy["enhancement"]
+def _paint_body(canvas: Canvas, rng: np.random.Generator, anatomy: Dict[str, float]) -> Tuple[float, float]:
+    """Skin, subcutaneous fat, abdominal wall and visceral fat; returns the cavity's semi-axes (mm)."""
+    jitter = lambda: rng.normal(1.0, 0.03)  # noqa: E731 - slice-to-slice change of the body outline
     fat = anatomy["fat_hu"]
     rx, ry = anatomy["body_rx"] * jitter(), anatomy["body_ry"] * jitter()
-
     canvas.paint(canvas.ellipse(0, 0, rx, ry), HU["muscle"] - 20)  # skin
     canvas.paint(canvas.ellipse(0, 0, rx - 2, ry - 2), fat)  # subcutaneous fat
     wall_rx, wall_ry = rx - 2 - anatomy["subcutaneous_fat"], ry - 2 - anatomy["subcutaneous_fat"] * 0.8
     canvas.paint(canvas.ellipse(0, 0, wall_rx, wall_ry), HU["muscle"] + rng.normal(0, 5))
     cav_rx, cav_ry = wall_rx - 9, wall_ry - 9
     canvas.paint(canvas.ellipse(0, 0, cav_rx, cav_ry), fat + rng.normal(0, 5))  # visceral fat
+    return cav_rx, cav_ry
 
-    # Retroperitoneum: vertebra, canal, paraspinal muscles, kidneys.
+
+def _paint_retroperitoneum(canvas: Canvas, rng: np.random.Generator, anatomy: Dict[str, float], cav_ry: float) -> float:
+    """Vertebra, canal, paraspinal muscles and kidneys; returns the vertebra's y (mm)."""
     spine_y = cav_ry * 0.62
     canvas.paint(canvas.ellipse(-32, spine_y + 22, 24, 18), HU["muscle"])
     canvas.paint(canvas.ellipse(32, spine_y + 22, 24, 18), HU["muscle"])
@@ -212,18 +209,22 @@ def render_slice(rng: np.random.Generator, anatomy: Dict[str, float], node: Opti
     canvas.paint(canvas.ellipse(0, spine_y + 25, 8, 7), HU["csf"])
     for side in (-1, 1):
         kidney_x = side * rng.uniform(55, 70)
-        canvas.paint(canvas.ellipse(kidney_x, spine_y - 2, 26, 36, side * 0.4), HU["kidney"] + enh)
+        canvas.paint(canvas.ellipse(kidney_x, spine_y - 2, 26, 36, side * 0.4), HU["kidney"] + anatomy["enhancement"])
         canvas.paint(canvas.ellipse(kidney_x, spine_y - 2, 10, 18, side * 0.4), HU["fat"] + 40)  # sinus
+    return spine_y
 
-    # Liver (patient's right = image left) and spleen, sizes per patient.
+
+def _paint_viscera(canvas: Canvas, rng: np.random.Generator, anatomy: Dict[str, float], cavity) -> None:
+    """Liver (patient's right = image left) and spleen, sized per patient, and the bowel loops in the
+    anterior abdomen (air or oral contrast, with a soft-tissue wall), inside `cavity` = (rx, ry) mm."""
+    cav_rx, cav_ry = cavity
+    enh = anatomy["enhancement"]
     liver = canvas.ellipse(-cav_rx * 0.55, -cav_ry * 0.05, cav_rx * 0.45 * anatomy["liver_scale"],
                            cav_ry * 0.6 * anatomy["liver_scale"], 0.3)
     canvas.paint(liver & canvas.ellipse(0, 0, cav_rx, cav_ry), HU["liver"] + enh * 0.6 + rng.normal(0, 4))
     spleen_scale = anatomy["spleen_scale"]
     spleen = canvas.ellipse(cav_rx * 0.68, cav_ry * 0.15, 30 * spleen_scale, 45 * spleen_scale, -0.5)
     canvas.paint(spleen & canvas.ellipse(0, 0, cav_rx, cav_ry), HU["spleen"] + enh * 0.6)
-
-    # Bowel loops in the anterior abdomen: air or oral contrast, with a soft-tissue wall.
     for _ in range(anatomy["n_bowel"]):
         bx, by = rng.uniform(-cav_rx * 0.6, cav_rx * 0.6), rng.uniform(-cav_ry * 0.85, -cav_ry * 0.35)
         radius, aspect = rng.uniform(8, 20), rng.uniform(0.7, 1.0)
@@ -231,23 +232,11 @@ def render_slice(rng: np.random.Generator, anatomy: Dict[str, float], node: Opti
         lumen = HU["air"] if rng.random() < 0.5 else HU["oral_contrast"] + rng.normal(0, 30)
         canvas.paint(canvas.ellipse(bx, by, radius - 2.5, radius * aspect - 2.5), lumen)
 
-    # Pancreas: a band across the midline, anterior to the vessels, with the node's fat in front.
-    if node is not None:
-        _paint_fat_pad(canvas, node, rng, fat)
-    pancreas_y = _pancreas_y(anatomy)
-    for x in np.linspace(-50, 60, 12):
-        canvas.paint(canvas.ellipse(x, pancreas_y + 0.003 * x * x, 12, 9), HU["pancreas"] + enh * 0.4)
 
-    # Small benign mesenteric nodes, in both classes, so "a node is visible" is no cue.
-    for _ in range(anatomy["n_benign_nodes"]):
-        canvas.paint(canvas.ellipse(rng.uniform(-60, 60), rng.uniform(-cav_ry * 0.3, 0), rng.uniform(3, 5),
-                                    rng.uniform(2, 4), rng.uniform(0, np.pi)), HU["node"])
-
-    node_hu = HU["node"] + rng.normal(0, 6)
-    node_mask = _paint_node(canvas, node, rng, node_hu) if node is not None else np.zeros(canvas.hu.shape, bool)
-
-    # Vessels last: they stay visible next to the node, as in a real slice.
-    vessel = HU["vessel"] + enh
+def _paint_vessels(canvas: Canvas, anatomy: Dict[str, float], spine_y: float, node_mask: np.ndarray) -> None:
+    """Aorta, IVC, SMA and SMV, painted last so that they stay visible next to the node, as in a real
+    slice; `node_mask` loses what they cover."""
+    vessel, pancreas_y = HU["vessel"] + anatomy["enhancement"], _pancreas_y(anatomy)
     vessels = [
         (canvas.ellipse(12, spine_y - 32, 11, 11), vessel),  # aorta
         (canvas.ellipse(-22, spine_y - 30, 12, 9), vessel - 15),  # IVC
@@ -258,11 +247,42 @@ def render_slice(rng: np.random.Generator, anatomy: Dict[str, float], node: Opti
         canvas.paint(mask, value)
         node_mask &= ~mask  # a vessel drawn over the node is not node
 
-    # Scanner blur (a 0.8 mm point spread) and correlated noise.
+
+def _scanned(canvas: Canvas, rng: np.random.Generator, noise_sd: float) -> np.ndarray:
+    """The painted HU through the scanner: a 0.8 mm point spread and correlated noise of `noise_sd` HU."""
     hu = gaussian_filter(canvas.hu, 0.8 / canvas.spacing)
     noise = gaussian_filter(rng.normal(0, 1, hu.shape).astype(np.float32), 0.7)
-    hu += noise * anatomy["noise_sd"] / noise.std()
-    return np.clip(hu, -1024, 3000).astype(np.float32), node_mask
+    hu += noise * noise_sd / noise.std()
+    return np.clip(hu, -1024, 3000).astype(np.float32)
+
+
+def render_slice(rng: np.random.Generator, anatomy: Dict[str, float], node: Optional[Node], size: int):
+    """One phantom slice: (HU `float32` `(size, size)`, node mask `bool` `(size, size)`).
+
+    `node` None draws a slice above or below the node of interest (an empty mask). The parts are
+    painted in this order, each over the last, and draw from `rng` in it: the files of a seed depend on it.
+    """
+    canvas = Canvas(size, anatomy["fov_mm"], (anatomy["offset_x"], anatomy["offset_y"]))
+    cav_rx, cav_ry = _paint_body(canvas, rng, anatomy)
+    spine_y = _paint_retroperitoneum(canvas, rng, anatomy, cav_ry)
+    _paint_viscera(canvas, rng, anatomy, (cav_rx, cav_ry))
+
+    # Pancreas: a band across the midline, anterior to the vessels, with the node's fat in front.
+    if node is not None:
+        _paint_fat_pad(canvas, node, rng, anatomy["fat_hu"])
+    pancreas_y, pancreas_hu = _pancreas_y(anatomy), HU["pancreas"] + anatomy["enhancement"] * 0.4
+    for x in np.linspace(-50, 60, 12):
+        canvas.paint(canvas.ellipse(x, pancreas_y + 0.003 * x * x, 12, 9), pancreas_hu)
+
+    # Small benign mesenteric nodes, in both classes, so "a node is visible" is no cue.
+    for _ in range(anatomy["n_benign_nodes"]):
+        canvas.paint(canvas.ellipse(rng.uniform(-60, 60), rng.uniform(-cav_ry * 0.3, 0), rng.uniform(3, 5),
+                                    rng.uniform(2, 4), rng.uniform(0, np.pi)), HU["node"])
+
+    node_hu = HU["node"] + rng.normal(0, 6)
+    node_mask = _paint_node(canvas, node, rng, node_hu) if node is not None else np.zeros(canvas.hu.shape, bool)
+    _paint_vessels(canvas, anatomy, spine_y, node_mask)
+    return _scanned(canvas, rng, anatomy["noise_sd"]), node_mask
 
 
 def generate_phantom(

@@ -25,7 +25,6 @@ listed there and on screen.
 
 import argparse
 import csv
-import ctypes
 import hashlib
 import json
 import os
@@ -39,8 +38,6 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import torch
-from datasets.features.features import Array2DExtensionType
-from datasets.fingerprint import generate_random_fingerprint
 from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm.auto import tqdm
@@ -53,10 +50,19 @@ from modeling.image_processing_ct import IMAGE_SUFFIXES, read_image_file
 LABEL_ALIASES = {"non_metastatic": 0, "normal": 0, "0": 0, "metastatic": 1, "cancer": 1, "1": 1}
 SPLITS = ("train", "validation", "test")
 N_FOLDS = 6  # one fold test, one validation, four train: 16.7 / 16.7 / 66.7 %
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 # How far (in slice spacings) a mask's slice may lie from the volume's along z: further than half a
 # slice, the CT slice nearest to a mask slice is another one, so its lesion would label the wrong slice.
 MASK_POSITION_TOLERANCE_SLICES = 0.5
+# How much a mask's voxel spacing may differ from the volume's, relative: NIfTI stores it as float32,
+# DICOM as decimal strings, so one grid's spacings can differ in their last digits.
+MASK_SPACING_RTOL = 1e-3
+# Hex digits kept of a DICOM ID's salted hash: 48 bits, so that no two patients of even a large cohort
+# share a stored patient_id.
+PSEUDONYM_HEX_DIGITS = 12
+# Records per reader process at least, so that a small input does not start a process for every few files.
+MIN_RECORDS_PER_READER = 8
+# Records handed to a reader at once, so that the pool's pipe is crossed per chunk, not per record.
+READER_CHUNK = 16
 
 
 @dataclass
@@ -138,7 +144,7 @@ def records_from_manifest(manifest: str) -> Tuple[List[Record], List[Tuple[str, 
             raise ValueError(
                 f"{manifest} lacks column(s) {sorted(missing)}; expected path,label[,patient_id][,mask_path][,slices]"
             )
-        for line, row in enumerate(reader, start=2):
+        for line, row in enumerate(reader, start=2):  # line 1 is the header
             source = (row.get("path") or "").strip()
             if not source:
                 bad.append((f"{manifest}:{line}", "empty path"))
@@ -197,24 +203,7 @@ _READER: Dict[str, object] = {}
 
 def _init_reader(processor: CTImageProcessor, png_dir: Optional[str]) -> None:
     torch.set_num_threads(1)  # one reader per core: torch's own threads would oversubscribe the pool
-    _keep_freed_memory()
     _READER.update(processor=processor, png_dir=png_dir)
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc reuse freed buffers of up to 32 MB instead of handing them back to the OS.
-
-    Each 512 px slice passes through a few 0.5-2 MB arrays; by default glibc maps every one afresh and
-    unmaps it when freed, and faulting those pages in costs as much as decoding the file (measured in
-    benchmarks/ingest.py). With one reader this applies to the calling process and stays. Elsewhere
-    (macOS, Windows, musl) it does nothing.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
-    libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)  # keep up to 64 MB of freed heap for the next slice
 
 
 def _read_record(record: Record, index: int) -> list:
@@ -334,7 +323,7 @@ def _volume_masks(record: Record, volume: CTVolume) -> np.ndarray:
     except ValueError as error:
         raise ValueError(f"mask {os.path.basename(record.mask_path)}: {error}") from None
     if mask_volume.hu.shape != volume.hu.shape or not np.allclose(mask_volume.spacing_mm, volume.spacing_mm,
-                                                                  rtol=1e-3):
+                                                                  rtol=MASK_SPACING_RTOL):
         raise ValueError(f"the mask's grid {mask_volume.hu.shape} at {_mm(mask_volume.spacing_mm)} mm differs "
                          f"from the volume's {volume.hu.shape} at {_mm(volume.spacing_mm)} mm")
     # Same shape and spacing say nothing of where the mask lies: an origin elsewhere along z would label
@@ -426,7 +415,7 @@ def _write_png(index: int, stem: str, label: int, unit: np.ndarray) -> Optional[
     if not png_dir:
         return None
     relative = os.path.join(CLASS_NAMES[label], f"{index:05d}_{stem}.png")
-    Image.fromarray(np.round(unit * 65535).astype(np.uint16)).save(os.path.join(png_dir, relative))
+    Image.fromarray(np.round(unit * np.iinfo(np.uint16).max).astype(np.uint16)).save(os.path.join(png_dir, relative))
     return relative
 
 
@@ -450,7 +439,7 @@ def read_all(records: List[Record], processor: CTImageProcessor, png_dir, num_wo
             torch.set_num_threads(threads)
     else:
         with ProcessPoolExecutor(num_workers, initializer=_init_reader, initargs=(processor, png_dir)) as pool:
-            results = list(tqdm(pool.map(_read_worker, jobs, chunksize=16), **bar))
+            results = list(tqdm(pool.map(_read_worker, jobs, chunksize=READER_CHUNK), **bar))
     flat = [item for result in results for item in result]
     slices = [item for item in flat if isinstance(item, Slice)]
     bad = [item for item in flat if not isinstance(item, Slice)]
@@ -461,7 +450,7 @@ def pseudonym(group_key: str, salt: str) -> str:
     """Manifest IDs are kept (the user chose them); IDs read from DICOM become a salted hash."""
     if group_key.startswith("manifest:"):
         return group_key[len("manifest:"):]
-    return "P-" + hashlib.sha256(f"{salt}:{group_key}".encode()).hexdigest()[:12]
+    return "P-" + hashlib.sha256(f"{salt}:{group_key}".encode()).hexdigest()[:PSEUDONYM_HEX_DIGITS]
 
 
 def split_patients(slices: List[Slice], seed: int) -> Dict[str, List[Slice]]:
@@ -470,7 +459,7 @@ def split_patients(slices: List[Slice], seed: int) -> Dict[str, List[Slice]]:
     if len(groups) < N_FOLDS:
         raise ValueError(
             f"a split would be empty: {len(groups)} patient(s) found, at least {N_FOLDS} are needed "
-            f"(6 or more per class so that every split holds both classes)"
+            f"({N_FOLDS} or more per class so that every split holds both classes)"
         )
     group_index = {key: i for i, key in enumerate(groups)}
     labels = np.array([s.record.label for s in slices])
@@ -529,7 +518,7 @@ def prepare_dataset(
         raise ValueError(f"input {input} does not exist")
     processor = CTImageProcessor(window_center, window_width, size=size, do_normalize=False,
                                  pixel_spacing_mm=pixel_spacing_mm)
-    num_workers = min(num_workers or os.cpu_count() or 1, max(1, len(records) // 8))
+    num_workers = min(num_workers or os.cpu_count() or 1, max(1, len(records) // MIN_RECORDS_PER_READER))
     slices, unreadable = read_all(records, processor, png_dir, num_workers)
     bad += unreadable
     for path, reason in bad:
@@ -579,7 +568,7 @@ def mean_and_std(images: np.ndarray) -> Tuple[float, float]:
     """Mean and standard deviation of every pixel of `images` (`float32`, any shape), summed in `float64`.
 
     Two passes that accumulate in `float64` without making a `float64` copy of the stack, as numpy's
-    `std(dtype=float64)` does: that copy cost 0.5 ms per 224 px slice, a quarter of `prepare`.
+    `std(dtype=float64)` does: that copy is twice the size of the stack.
     """
     flat = images.reshape(-1)
     mean = float(np.add.reduce(flat, dtype=np.float64)) / flat.size
@@ -587,32 +576,46 @@ def mean_and_std(images: np.ndarray) -> Tuple[float, float]:
     return mean, float(np.sqrt(max(mean_square - mean * mean, 0.0)))
 
 
+def split_columns(members: List[Slice], images: np.ndarray, salt: str) -> dict:
+    """One split's columns, as `datasets.Dataset.from_dict` takes them with `features(size)`: the
+    `(n, size, size)` stacks of images and masks, lists of the rest."""
+    return {
+        "image": images,
+        "label": [s.record.label for s in members],
+        "patient_id": [pseudonym(s.group_key, salt) for s in members],
+        "source": [s.record.source for s in members],
+        "mask": np.stack([s.mask for s in members]),
+        "has_mask": [s.has_mask for s in members],
+    }
+
+
 def split_dataset(members: List[Slice], images: np.ndarray, salt: str) -> datasets.Dataset:
     """One split as a `datasets.Dataset` with `features(size)`; `images` is `float32` `(n, size, size)`.
 
-    The Arrow table is built around the numpy buffers (no per-row conversion, no hashing of the
-    pixels for a fingerprint), so writing costs little more than the bytes themselves.
+    What `Dataset.from_dict(split_columns(...), features=...)` makes, without its costs: it converts the
+    pixels through Python sequences and fingerprints the dataset by pickling and hashing the whole
+    table, several times slower and several times the memory (benchmarks/ingest.py measures both).
+    Here the Arrow table is built around the numpy buffers, with a random fingerprint (what `datasets`
+    itself gives a dataset it cannot hash). `datasets.Dataset` refuses a table whose types are not
+    the features'; tests/test_prepare.py checks that the two tables are equal.
     """
-    size = images.shape[-1]
+    split_features = features(images.shape[-1])
+    types = {field.name: field.type for field in split_features.arrow_schema}
     table = pa.table({
-        "image": _array2d(images),
-        "label": pa.array([s.record.label for s in members], pa.int64()),
-        "patient_id": pa.array([pseudonym(s.group_key, salt) for s in members], pa.string()),
-        "source": pa.array([s.record.source for s in members], pa.string()),
-        "mask": _array2d(np.stack([s.mask for s in members])),
-        "has_mask": pa.array([s.has_mask for s in members], pa.bool_()),
+        name: _array2d(value, types[name]) if isinstance(value, np.ndarray) else pa.array(value, types[name])
+        for name, value in split_columns(members, images, salt).items()
     })
-    info = datasets.DatasetInfo(features=features(size))
-    return datasets.Dataset(table, info=info, fingerprint=generate_random_fingerprint())
+    info = datasets.DatasetInfo(features=split_features)
+    return datasets.Dataset(table, info=info, fingerprint=secrets.token_hex(8))  # 64 bits, as datasets' own
 
 
-def _array2d(stack: np.ndarray, chunk: int = 1000) -> pa.ChunkedArray:
-    """`(n, rows, columns)` numpy -> the Arrow column of `datasets.Array2D((rows, columns), dtype)`, zero-copy.
+def _array2d(stack: np.ndarray, array_type: pa.ExtensionType, chunk: int = 1000) -> pa.ChunkedArray:
+    """`(n, rows, columns)` numpy -> a column of `array_type` (`datasets.Array2D`'s Arrow type), zero-copy.
 
-    In chunks of `chunk` slices, so that the 32-bit list offsets hold even 512 px slices.
+    The storage is lists (slices) of lists (rows) of values. In chunks of `chunk` slices, so that the
+    32-bit list offsets hold even 512 px slices.
     """
     n, rows, columns = stack.shape
-    array_type = Array2DExtensionType((rows, columns), str(stack.dtype))
     chunks = []
     for start in range(0, max(n, 1), chunk):
         part = np.ascontiguousarray(stack[start:start + chunk])
