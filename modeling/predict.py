@@ -59,6 +59,7 @@ from .inference import (
     explanation_panel,
     forward_probabilities,
     probability_curve,
+    score_volume,  # importable from here as before: it lives in inference.py with the demo's other needs
 )
 from .prediction_csv import (
     CSV_COLUMNS,
@@ -307,7 +308,9 @@ def under_launcher() -> bool:
     return "ACCELERATE_MIXED_PRECISION" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
 
 
-__all__ = ["CSV_COLUMNS", "SERIES_COLUMNS", "ResultWriter", "hu_warning", "main", "plan_work", "predict_items"]
+__all__ = [
+    "CSV_COLUMNS", "SERIES_COLUMNS", "ResultWriter", "hu_warning", "main", "plan_work", "predict_items", "score_volume"
+]
 
 
 if __name__ == "__main__":
