@@ -18,7 +18,7 @@ from modeling.inference import score_volume
 from training.dicom_writer import ct_dataset, write_ct_nifti, write_ct_series
 
 IDENTIFYING = {"PatientName": "ROE^RICHARD", "PatientID": "MRN-90817263", "PatientBirthDate": "19540709"}
-SHOWN_MARKER = "MARKER-SCANNER-9"
+SHOWN_MARKER = "Siemens Healthineers"  # a listed maker (dicom_vocabulary): a technical tag that is shown
 
 
 @pytest.fixture(scope="module")
