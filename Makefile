@@ -9,7 +9,7 @@ LOCK := requirements/lock.txt
 export HF_HUB_OFFLINE ?= 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: install test lint demo quickstart benchmarks clean test-latest lock
+.PHONY: install test test-lowest test-latest lock lint demo quickstart benchmarks clean
 
 # One venv; each stamp re-installs only when the project's dependencies or the lock change. The demo
 # needs the model plus the [train] and [demo] extras; the tests, lint and benchmarks need [dev] (everything).
@@ -26,6 +26,19 @@ install: $(VENV)/.installed-dev
 
 test: install
 	$(PY) -m pytest
+
+# The lower bounds in pyproject.toml, tested: a venv of its own with every direct dependency pinned to
+# its minimum (requirements/lowest.py; indirect ones float), then the tests that are neither slow nor
+# browser tests. The minimal torch comes from PyPI as a CUDA build (a few GB on the first install).
+VENV_LOWEST := .venv-lowest
+PY_LOWEST := $(VENV_LOWEST)/bin/python
+
+test-lowest:
+	test -x $(PY_LOWEST) || $(PYTHON) -m venv $(VENV_LOWEST)
+	$(PY_LOWEST) -m pip install -q --upgrade pip
+	$(PYTHON) requirements/lowest.py > $(VENV_LOWEST)/constraints.txt
+	$(PY_LOWEST) -m pip install -c $(VENV_LOWEST)/constraints.txt -e ".[dev]"
+	$(PY_LOWEST) -m pytest -m "not slow and not browser"
 
 lint: install
 	$(PY) -m ruff check .
