@@ -168,7 +168,7 @@ def test_the_space_installs_the_locked_versions():
     assert sdk == pins["gradio"]
 
 
-@pytest.mark.skipif(bool(os.environ.get("TEST_LATEST")), reason="make test-latest runs on the newest releases")
+@pytest.mark.skipif(bool(os.environ.get("TEST_UNLOCKED")), reason="make test-latest and test-lowest run off the lock")
 def test_this_environment_is_the_locked_one():
     """`make test` and CI install with the lock, so the suite runs on what the lock says was tested."""
     pins = locked_versions()
