@@ -39,8 +39,8 @@ PY_LOWEST := $(VENV_LOWEST)/bin/python
 
 test-lowest:
 	test -x $(PY_LOWEST) || $(PYTHON) -m venv $(VENV_LOWEST)
-	$(PY_LOWEST) -m pip install -q --upgrade pip
-	$(PYTHON) requirements/lowest.py > $(VENV_LOWEST)/constraints.txt
+	$(PY_LOWEST) -m pip install -q --upgrade pip packaging "tomli; python_version < '3.11'"
+	$(PY_LOWEST) requirements/lowest.py > $(VENV_LOWEST)/constraints.txt
 	$(PY_LOWEST) -m pip install -c $(VENV_LOWEST)/constraints.txt -e ".[dev]"
 	TEST_UNLOCKED=1 $(PY_LOWEST) -m pytest -m "not slow and not browser" $(foreach test,$(NOT_AT_LOWEST),--deselect $(test))
 
