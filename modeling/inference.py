@@ -27,7 +27,7 @@ from .configuration_dual_attention_resnet import METASTATIC_LABEL, NON_METASTATI
 from .explain import overlay
 from .image_processing_ct import resize_slice
 
-GRID_LEVELS = 65535  # model_grid stores [0, 1] in uint16
+GRID_LEVELS = 65535  # score_volume_and_grid stores [0, 1] in uint16
 PANEL_MIN_WIDTH = 256  # explanation panels are enlarged to this width so their captions fit small slices
 PANEL_GAP = 8  # white columns between side-by-side panels, so that their edges stay apart
 CAPTION_LINE = 16  # pixels a caption line takes: PIL's default font draws about 12 px, descenders included
@@ -50,14 +50,30 @@ def forward_probabilities(model, pixel_values: torch.Tensor) -> np.ndarray:
 def score_volume(model, processor, volume, batch_size: int = 16) -> np.ndarray:
     """P(metastatic) of every slice of a `CTVolume`, `(slices,)` float64, `batch_size` slices a pass.
 
-    The demo scores a series with it; `modeling.predict` batches slices across its inputs instead,
-    through the same `forward_probabilities`.
+    `modeling.predict` batches slices across its inputs instead, through the same `forward_probabilities`.
     """
-    probabilities = [
-        forward_probabilities(model, processor(volume_slices(volume, start, start + batch_size))["pixel_values"])
-        for start in range(0, volume.hu.shape[0], batch_size)
-    ]
-    return np.concatenate(probabilities) if probabilities else np.zeros(0)
+    return score_volume_and_grid(model, processor, volume, batch_size)[0]
+
+
+def score_volume_and_grid(model, processor, volume, batch_size: int = 16) -> "tuple[np.ndarray, np.ndarray]":
+    """`score_volume`'s probabilities `(slices,)` and, from the same processor pass, every slice as the
+    model sees it before normalisation: windowed to [0, 1] on its input grid, in 16 bits, `(slices, S, S)`
+    uint16 (`grid_pixel_values` turns slices of it back into model input).
+
+    What the demo keeps of a scored series to redraw any slice's maps: at 224 px, 1,000 slices are
+    100 MB, where the HU volume at 512 px is 1 GB in float32. Quantising [0, 1] to 65,535 steps moves
+    a value by at most 8e-6 (0.003 HU in a 400 HU window); the probabilities come from the unquantised
+    values, normalised as the processor does, so they equal the processor's to the bit.
+    """
+    probabilities, grid = [], []
+    for start in range(0, volume.hu.shape[0], batch_size):
+        unit = processor(volume_slices(volume, start, start + batch_size), do_normalize=False,
+                         return_tensors="pt")["pixel_values"]
+        probabilities.append(forward_probabilities(model, processor.normalize_pixel_values(unit)))
+        grid.append(np.round(unit[:, 0].numpy() * GRID_LEVELS).astype(np.uint16))
+    if not grid:
+        return np.zeros(0), np.zeros((0, processor.size, processor.size), np.uint16)
+    return np.concatenate(probabilities), np.concatenate(grid)
 
 
 def volume_slices(volume, start: int, stop: int):
@@ -65,24 +81,9 @@ def volume_slices(volume, start: int, stop: int):
     return dataclasses.replace(volume, hu=volume.hu[start:stop], positions_mm=volume.positions_mm[start:stop])
 
 
-def model_grid(processor, volume, batch_size: int = 16) -> np.ndarray:
-    """Every slice of a `CTVolume` as the model sees it before normalisation: windowed to [0, 1] on the
-    model's input grid, stored in 16 bits, `(slices, S, S)` uint16 (2 bytes a pixel).
-
-    What a viewer of a scored series keeps to redraw any slice's maps: at 224 px, 1,000 slices are
-    100 MB, where the HU volume at 512 px is 1 GB in float32. Quantising [0, 1] to 65,535 steps moves
-    a value by at most 8e-6 (0.003 HU in a 400 HU window).
-    """
-    chunks = []
-    for start in range(0, volume.hu.shape[0], batch_size):
-        unit = processor(volume_slices(volume, start, start + batch_size), do_normalize=False,
-                         return_tensors="pt")["pixel_values"][:, 0]
-        chunks.append(np.round(unit.numpy() * GRID_LEVELS).astype(np.uint16))
-    return np.concatenate(chunks) if chunks else np.zeros((0, processor.size, processor.size), np.uint16)
-
-
 def grid_pixel_values(processor, grid: np.ndarray) -> "tuple[torch.Tensor, np.ndarray]":
-    """`model_grid` slices `(n, S, S)` uint16 -> (`pixel_values` `(n, 3, S, S)`, shown slices `(n, S, S)` in [0, 1])."""
+    """Grid slices `(n, S, S)` uint16 (`score_volume_and_grid`) -> (`pixel_values` `(n, 3, S, S)`, shown
+    slices `(n, S, S)` in [0, 1])."""
     unit = torch.from_numpy(grid.astype(np.float32) / GRID_LEVELS)
     return processor.normalize_pixel_values(unit[:, None].expand(-1, 3, -1, -1)), unit.numpy()
 
@@ -173,9 +174,9 @@ __all__ = [
     "forward_probabilities",
     "grid_pixel_values",
     "is_metastatic",
-    "model_grid",
     "probabilities_from_logits",
     "probability_curve",
     "score_volume",
+    "score_volume_and_grid",
     "volume_slices",
 ]

@@ -22,9 +22,8 @@ from modeling.inference import (
     format_threshold,
     grid_pixel_values,
     is_metastatic,
-    model_grid,
     probability_curve,
-    score_volume,
+    score_volume_and_grid,
 )
 
 
@@ -44,7 +43,7 @@ class SeriesCache:
     """One scored series, kept in the page's session so that browsing its slices recomputes nothing else.
 
     Only what the overlays need, not the HU volume: `grid` `(slices, S, S)` uint16, each slice on the
-    model's input grid (`inference.model_grid`, 2 bytes a pixel: 300 slices at 224 px are 30 MB);
+    model's input grid (`inference.score_volume_and_grid`, 2 bytes a pixel: 300 slices at 224 px are 30 MB);
     `positions_mm` and `probabilities` `(slices,)`.
     """
 
@@ -163,8 +162,8 @@ class Predictor:
                 delete_upload(path)
         try:
             with self.model_lock:
-                probabilities = score_volume(self.model, self.processor, volume, settings.SERIES_BATCH_SIZE)
-            grid = model_grid(self.processor, volume, settings.SERIES_BATCH_SIZE)
+                probabilities, grid = score_volume_and_grid(self.model, self.processor, volume,
+                                                            settings.SERIES_BATCH_SIZE)
         except ValueError as error:  # e.g. no pixel spacing where the processor resamples to one
             raise gr.Error(str(error), print_exception=False) from None
         cache = SeriesCache(grid, np.asarray(volume.positions_mm, dtype=np.float64), probabilities)

@@ -557,3 +557,18 @@ def test_result_writer_closes_the_first_csv_when_the_second_cannot_be_opened(tmp
     with pytest.raises(FileNotFoundError):
         ResultWriter(str(tmp_path / "slices.csv"), str(tmp_path / "missing" / "series.csv"))
     assert len(opened) == 1 and opened[0].closed
+
+
+def test_score_volume_and_its_grid_come_from_one_processor_pass_equal_to_the_processors(tmp_path):
+    """The demo keeps the grid it scored from: the probabilities equal a plain processor pass to the bit,
+    and the 16-bit grid gives back the model input within the quantisation step."""
+    from modeling.inference import forward_probabilities, grid_pixel_values, score_volume_and_grid
+
+    (volume,) = read_ct_volumes(write_ct_series(tmp_path, series_hu(3, 5), (2.5, 0.8, 0.8)))
+    model, processor = tiny_model(), CTImageProcessor(size=TINY_SIZE, image_mean=[0.3] * 3, image_std=[0.25] * 3)
+    probabilities, grid = score_volume_and_grid(model, processor, volume, batch_size=5)  # one pass, as below
+    expected = processor(volume, return_tensors="pt")["pixel_values"]
+    assert np.array_equal(probabilities, forward_probabilities(model, expected))
+    assert grid.dtype == np.uint16 and grid.shape == (5, TINY_SIZE, TINY_SIZE)
+    restored, _ = grid_pixel_values(processor, grid)
+    assert float((restored - expected).abs().max()) <= 0.5 / 65535 / 0.25 + 1e-6
